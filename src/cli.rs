@@ -1,0 +1,298 @@
+//! Command line: `serve`, `migrate`, and the operator's `token` commands, which work
+//! directly on the configured database (that is how the first token is minted).
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::clock;
+use crate::config::{Config, Overrides};
+use crate::model::{Owner, TokenRecord, TokenSpec, parse_scopes};
+use crate::server;
+use crate::store::{Cursor, Store};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "patd",
+    version,
+    about = "Personal access tokens over gRPC: issue, manage and introspect"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// TOML configuration file (keys as in the README); flags and PATD_* variables win over it
+    #[arg(long, env = "PATD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// sqlite:PATH or postgres://USER@HOST/DB [default: sqlite://patd.db]
+    #[arg(long, env = "PATD_DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// Prefix of every token's secret [default: patd_]
+    #[arg(long, env = "PATD_TOKEN_PREFIX", global = true)]
+    token_prefix: Option<String>,
+    /// Log filter in RUST_LOG syntax [default: info]
+    #[arg(long, env = "PATD_LOG", global = true)]
+    log: Option<String>,
+    /// Log line format [default: text]
+    #[arg(long, env = "PATD_LOG_FORMAT", global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Storage connections per process [default: 8]
+    #[arg(long, env = "PATD_MAX_CONNECTIONS", global = true)]
+    max_connections: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server (creates and migrates the database on first start)
+    Serve(ServeArgs),
+    /// Apply the embedded database migrations and exit
+    Migrate,
+    /// Operator commands working directly on the database, bypassing the API
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:50051]
+    #[arg(long, env = "PATD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// How long in-flight calls may finish after SIGTERM, e.g. 10s [default: 10s]
+    #[arg(long, env = "PATD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    shutdown_grace: Option<Duration>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token for any subject and account; prints the secret once, on stdout
+    Create {
+        #[arg(long)]
+        subject: String,
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes, e.g. license:read,personalAccessToken:write
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 30d, 12h, "1w 2d"
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "expires_at")]
+        expires_in: Option<Duration>,
+        /// Expiry as RFC 3339, e.g. 2027-01-31T00:00:00Z
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        expires_at: Option<SystemTime>,
+    },
+    /// List tokens, newest first (every owner's unless filtered)
+    List {
+        #[arg(long, requires = "account")]
+        subject: Option<String>,
+        #[arg(long, requires = "subject")]
+        account: Option<String>,
+    },
+    /// Revoke a token by id (idempotent)
+    Revoke { id: String },
+    /// Delete a token by id
+    Delete { id: String },
+}
+
+type CliResult = Result<(), Box<dyn Error>>;
+
+impl Cli {
+    fn config(&self) -> Result<Config, String> {
+        let global = &self.global;
+        let serve = match &self.command {
+            Command::Serve(args) => Some(args),
+            _ => None,
+        };
+        Config::load(Overrides {
+            config_file: global.config.clone(),
+            listen: serve.and_then(|args| args.listen),
+            database_url: global.database_url.clone(),
+            token_prefix: global.token_prefix.clone(),
+            log: global.log.clone(),
+            log_format: global.log_format,
+            shutdown_grace: serve.and_then(|args| args.shutdown_grace),
+            max_connections: global.max_connections,
+        })
+    }
+}
+
+pub async fn run(cli: Cli) -> CliResult {
+    let config = cli.config()?;
+    // Operator commands talk to a person: only warnings unless asked for more.
+    let default_log = match cli.command {
+        Command::Serve(_) => config.log.clone(),
+        _ if cli.global.log.is_some() => config.log.clone(),
+        _ => "warn".to_owned(),
+    };
+    let subscriber = telemetry::subscriber(&default_log, config.log_format, std::io::stderr)?;
+    tracing::subscriber::set_global_default(subscriber)?;
+
+    match cli.command {
+        Command::Serve(_) => serve(&config).await,
+        Command::Migrate => {
+            let store = Store::connect(&config.store_options(), true).await?;
+            store.close().await;
+            eprintln!("migrations applied to {}", config.database_url.redacted());
+            Ok(())
+        }
+        Command::Token(command) => {
+            let store = Store::connect(&config.store_options(), true).await?;
+            let result = token_command(&config, &store, command).await;
+            store.close().await;
+            result
+        }
+    }
+}
+
+async fn serve(config: &Config) -> CliResult {
+    tracing::info!(database = %config.database_url.redacted(), "connecting to storage");
+    let store = Store::connect(&config.store_options(), true).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|err| format!("cannot listen on {}: {err}", config.listen))?;
+    server::run(
+        config.server_settings(),
+        store.clone(),
+        listener,
+        shutdown_signal(),
+    )
+    .await?;
+    store.close().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+fn micros_of(time: SystemTime) -> Result<i64, String> {
+    let since_epoch = time
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| "expiry is before 1970".to_owned())?;
+    i64::try_from(since_epoch.as_micros()).map_err(|_| "expiry is too far in the future".to_owned())
+}
+
+async fn token_command(config: &Config, store: &Store, command: TokenCommand) -> CliResult {
+    match command {
+        TokenCommand::Create {
+            subject,
+            account,
+            name,
+            scopes,
+            expires_in,
+            expires_at,
+        } => {
+            let now = clock::now_micros();
+            let expires_at = match (expires_in, expires_at) {
+                (Some(lifetime), _) => Some(micros_of(SystemTime::now() + lifetime)?),
+                (None, Some(at)) => Some(micros_of(at)?),
+                (None, None) => None,
+            };
+            let spec = TokenSpec {
+                name: &name,
+                scopes: parse_scopes(&scopes)?,
+                expires_at,
+            };
+            let owner = Owner::new(&subject, &account)?;
+            let (new, secret) = spec.issue(&config.token_format, owner, now)?;
+            store.insert(&new).await?;
+            eprintln!("{}", describe(&new.record, now));
+            eprintln!("The secret below is shown once; store it now.");
+            println!("{}", secret.expose());
+            Ok(())
+        }
+        TokenCommand::List { subject, account } => {
+            let owner = match (subject, account) {
+                (Some(subject), Some(account)) => Some(Owner::new(&subject, &account)?),
+                _ => None,
+            };
+            let now = clock::now_micros();
+            println!(
+                "{:<22}  {:<8}  {:<20}  {:<20}  {:<20}  {:<20}  SCOPES",
+                "ID", "STATE", "NAME", "SUBJECT", "ACCOUNT", "EXPIRES"
+            );
+            let mut cursor: Option<Cursor> = None;
+            loop {
+                let page = store.list(owner.as_ref(), cursor, 1000).await?;
+                for token in &page.tokens {
+                    println!(
+                        "{:<22}  {:<8}  {:<20}  {:<20}  {:<20}  {:<20}  {}",
+                        token.id,
+                        format!("{:?}", token.state_at(now)).to_lowercase(),
+                        token.name,
+                        token.owner.subject,
+                        token.owner.account,
+                        token.expires_at.map_or("never".to_owned(), clock::rfc3339),
+                        token.scopes.to_stored(),
+                    );
+                }
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => return Ok(()),
+                }
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            let token = find(store, &id).await?;
+            let now = clock::now_micros();
+            let revoked = store.revoke(&token.owner, &id, now).await?;
+            let revoked = revoked.ok_or_else(|| format!("no token with id {id}"))?;
+            println!("{}", describe(&revoked, now));
+            Ok(())
+        }
+        TokenCommand::Delete { id } => {
+            let token = find(store, &id).await?;
+            if !store.delete(&token.owner, &id).await? {
+                return Err(format!("no token with id {id}").into());
+            }
+            println!("deleted {}", describe(&token, clock::now_micros()));
+            Ok(())
+        }
+    }
+}
+
+async fn find(store: &Store, id: &str) -> Result<TokenRecord, Box<dyn Error>> {
+    Ok(store
+        .find_by_id(id)
+        .await?
+        .ok_or_else(|| format!("no token with id {id}"))?)
+}
+
+/// One line about a token, for the operator.
+fn describe(token: &TokenRecord, now: i64) -> String {
+    format!(
+        "token {} {:?} ({}) of {} in {}: {:?}, scopes {}, expires {}",
+        token.id,
+        token.name,
+        token.hint,
+        token.owner.subject,
+        token.owner.account,
+        token.state_at(now),
+        token.scopes.to_stored(),
+        token.expires_at.map_or("never".to_owned(), clock::rfc3339),
+    )
+}

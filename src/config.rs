@@ -1,0 +1,213 @@
+//! Configuration: defaults, then a TOML file, then `PATD_*` environment variables,
+//! then flags (clap reads the last two, flags first). `Debug` redacts secrets.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::server::ServerSettings;
+use crate::store::{DatabaseUrl, StoreOptions};
+use crate::telemetry::LogFormat;
+use crate::token::{DEFAULT_PREFIX, TokenFormat};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// An SQLite file in the working directory, created on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://patd.db";
+pub const DEFAULT_LOG: &str = "info";
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The configuration file's keys; every one is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    token_prefix: Option<String>,
+    log: Option<String>,
+    log_format: Option<LogFormat>,
+    shutdown_grace: Option<String>,
+    max_connections: Option<u32>,
+    acquire_timeout: Option<String>,
+}
+
+/// Values from flags or the environment; `None` falls through to the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub token_prefix: Option<String>,
+    pub log: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub shutdown_grace: Option<Duration>,
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: DatabaseUrl,
+    pub token_format: TokenFormat,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+fn parse_duration(key: &str, text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|err| format!("{key} = {text:?} is not a duration like \"10s\" or \"1m\": {err}"))
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read config file {}: {err}", path.display()))?;
+    toml::from_str(&text).map_err(|err| format!("config file {}: {err}", path.display()))
+}
+
+impl Config {
+    pub fn load(overrides: Overrides) -> Result<Config, String> {
+        let file = match &overrides.config_file {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let shutdown_grace = match (overrides.shutdown_grace, &file.shutdown_grace) {
+            (Some(grace), _) => grace,
+            (None, Some(text)) => parse_duration("shutdown_grace", text)?,
+            (None, None) => DEFAULT_SHUTDOWN_GRACE,
+        };
+        let acquire_timeout = match &file.acquire_timeout {
+            Some(text) => parse_duration("acquire_timeout", text)?,
+            None => DEFAULT_ACQUIRE_TIMEOUT,
+        };
+        let max_connections = overrides
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err("max_connections must be at least 1".to_owned());
+        }
+        let prefix = overrides
+            .token_prefix
+            .or(file.token_prefix)
+            .unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
+        Ok(Config {
+            listen: overrides
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses")),
+            database_url: DatabaseUrl::new(
+                overrides
+                    .database_url
+                    .or(file.database_url)
+                    .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+            ),
+            token_format: TokenFormat::new(&prefix).map_err(|err| err.to_string())?,
+            log: overrides
+                .log
+                .or(file.log)
+                .unwrap_or_else(|| DEFAULT_LOG.to_owned()),
+            log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
+            shutdown_grace,
+            max_connections,
+            acquire_timeout,
+        })
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            url: self.database_url.clone(),
+            max_connections: self.max_connections,
+            acquire_timeout: self.acquire_timeout,
+        }
+    }
+
+    pub fn server_settings(&self) -> ServerSettings {
+        ServerSettings {
+            token_format: self.token_format.clone(),
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let config = Config::load(Overrides::default()).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.database_url.expose(), DEFAULT_DATABASE_URL);
+        assert_eq!(config.token_format.prefix(), DEFAULT_PREFIX);
+        assert_eq!(config.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_overrides_win_over_file() {
+        let file = file_with(
+            "listen = \"0.0.0.0:6000\"\ndatabase_url = \"postgres://u:pw@db/patd\"\n\
+             token_prefix = \"acme_\"\nshutdown_grace = \"3s\"\nmax_connections = 20\n",
+        );
+        let from_file = Config::load(Overrides {
+            config_file: Some(file.path().to_owned()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.listen.to_string(), "0.0.0.0:6000");
+        assert_eq!(from_file.token_format.prefix(), "acme_");
+        assert_eq!(from_file.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(from_file.max_connections, 20);
+        assert!(
+            !format!("{from_file:?}").contains("pw@"),
+            "Debug leaks the password"
+        );
+
+        let overridden = Config::load(Overrides {
+            config_file: Some(file.path().to_owned()),
+            listen: Some("127.0.0.1:7000".parse().unwrap()),
+            database_url: Some("sqlite://other.db".to_owned()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(overridden.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(overridden.database_url.expose(), "sqlite://other.db");
+        assert_eq!(overridden.token_format.prefix(), "acme_");
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_reason() {
+        let cases = [
+            ("listen = \"nowhere\"", "listen"),
+            ("shutdown_grace = \"soon\"", "shutdown_grace"),
+            ("databse_url = \"x\"", "unknown field"),
+            ("token_prefix = \"bad prefix\"", "token prefix"),
+            ("max_connections = 0", "at least 1"),
+        ];
+        for (text, expected) in cases {
+            let file = file_with(text);
+            let err = Config::load(Overrides {
+                config_file: Some(file.path().to_owned()),
+                ..Overrides::default()
+            })
+            .unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        let missing = Config::load(Overrides {
+            config_file: Some("/nonexistent/patd.toml".into()),
+            ..Overrides::default()
+        });
+        assert!(missing.unwrap_err().contains("cannot read config file"));
+    }
+}

@@ -1,0 +1,58 @@
+//! `pat.v1.IntrospectionService`: is this bearer token valid, whose is it, and
+//! which scopes does it grant?
+
+use tonic::{Request, Response, Status};
+
+use crate::clock;
+use crate::proto;
+use crate::proto::introspection_service_server::IntrospectionService;
+use crate::scope::ScopeSet;
+use crate::verifier::Verifier;
+
+pub const TOKEN_TYPE: &str = "Bearer";
+
+pub struct IntrospectionApi {
+    verifier: Verifier,
+}
+
+impl IntrospectionApi {
+    pub fn new(verifier: Verifier) -> IntrospectionApi {
+        IntrospectionApi { verifier }
+    }
+}
+
+#[tonic::async_trait]
+impl IntrospectionService for IntrospectionApi {
+    #[tracing::instrument(skip_all)]
+    async fn introspect(
+        &self,
+        request: Request<proto::IntrospectRequest>,
+    ) -> Result<Response<proto::IntrospectResponse>, Status> {
+        let request = request.into_inner();
+        // A misspelt required scope is the calling service's bug: say so loudly
+        // rather than deny every token in silence.
+        let required = ScopeSet::parse(&request.required_scopes)
+            .map_err(|unknown| Status::invalid_argument(format!("required_scopes: {unknown}")))?;
+        // Storage errors propagate as UNAVAILABLE/INTERNAL: fail closed.
+        let record = match self.verifier.verify(&request.token).await? {
+            Ok(record) => record,
+            Err(reason) => {
+                tracing::debug!(?reason, "introspect: inactive");
+                return Ok(Response::new(proto::IntrospectResponse::default()));
+            }
+        };
+        tracing::debug!(token_id = %record.id, "introspect: active");
+        Ok(Response::new(proto::IntrospectResponse {
+            active: true,
+            token_id: record.id,
+            name: record.name,
+            subject: record.owner.subject,
+            account: record.owner.account,
+            scopes: record.scopes.to_names(),
+            issued_at: Some(clock::to_timestamp(record.created_at)),
+            expires_at: record.expires_at.map(clock::to_timestamp),
+            token_type: TOKEN_TYPE.to_owned(),
+            missing_scopes: required.minus(record.scopes).to_names(),
+        }))
+    }
+}

@@ -1,0 +1,30 @@
+//! gRPC services and the conversions between our types and the wire's.
+
+pub mod auth;
+pub mod introspection;
+pub mod tokens;
+
+use crate::clock;
+use crate::model::{TokenRecord, TokenState};
+use crate::proto;
+
+/// A stored token as the API shows it, with its state at `now`.
+pub fn token_message(record: TokenRecord, now: i64) -> proto::Token {
+    let state = match record.state_at(now) {
+        TokenState::Active => proto::TokenState::Active,
+        TokenState::Expired => proto::TokenState::Expired,
+        TokenState::Revoked => proto::TokenState::Revoked,
+    };
+    proto::Token {
+        id: record.id,
+        name: record.name,
+        subject: record.owner.subject,
+        account: record.owner.account,
+        scopes: record.scopes.to_names(),
+        created_at: Some(clock::to_timestamp(record.created_at)),
+        expires_at: record.expires_at.map(clock::to_timestamp),
+        revoked_at: record.revoked_at.map(clock::to_timestamp),
+        state: state.into(),
+        hint: record.hint,
+    }
+}

@@ -1,0 +1,205 @@
+//! `pat.v1.TokenService`: the caller's own tokens.
+
+use tonic::{Request, Response, Status};
+
+use crate::clock;
+use crate::grpc::auth::{Caller, authenticate};
+use crate::grpc::token_message;
+use crate::model::{TokenSpec, parse_scopes};
+use crate::proto;
+use crate::proto::token_service_server::TokenService;
+use crate::scope::CATALOG;
+use crate::store::Cursor;
+use crate::token::is_valid_id;
+use crate::verifier::Verifier;
+
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+pub struct TokenApi {
+    verifier: Verifier,
+}
+
+impl TokenApi {
+    pub fn new(verifier: Verifier) -> TokenApi {
+        TokenApi { verifier }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        authenticate(&self.verifier, request.metadata()).await
+    }
+}
+
+/// A token id from a request: malformed ids are refused before any lookup.
+fn requested_id(id: &str) -> Result<&str, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("id is required"));
+    }
+    if !is_valid_id(id) {
+        return Err(Status::invalid_argument(
+            "id is malformed: token ids are 22 letters and digits",
+        ));
+    }
+    Ok(id)
+}
+
+fn not_found(id: &str) -> Status {
+    Status::not_found(format!("no token with id {id}"))
+}
+
+fn page_size(requested: i32) -> Result<u32, Status> {
+    match requested {
+        ..0 => Err(Status::invalid_argument(format!(
+            "page_size must not be negative (got {requested})"
+        ))),
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        // Larger pages are coerced to the maximum (Google AIP-158).
+        size => Ok((size as u32).min(MAX_PAGE_SIZE)),
+    }
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenApi {
+    #[tracing::instrument(skip_all)]
+    async fn create_token(
+        &self,
+        request: Request<proto::CreateTokenRequest>,
+    ) -> Result<Response<proto::CreateTokenResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let request = request.into_inner();
+        let expires_at = request
+            .expires_at
+            .map(|timestamp| {
+                clock::from_timestamp(&timestamp).ok_or_else(|| {
+                    Status::invalid_argument(
+                        "expires_at must be between 1970-01-01 and 9999-12-31 with nanos in 0..1e9",
+                    )
+                })
+            })
+            .transpose()?;
+        // No escalation: a token can only hand out scopes it holds itself.
+        let wanted = parse_scopes(&request.scopes)?;
+        let lacking = wanted.minus(caller.scopes);
+        if !lacking.is_empty() {
+            return Err(Status::permission_denied(format!(
+                "the caller's token lacks scopes it tried to grant: {}",
+                lacking.to_names().join(", ")
+            )));
+        }
+        let now = clock::now_micros();
+        let spec = TokenSpec {
+            name: &request.name,
+            scopes: wanted,
+            expires_at,
+        };
+        let (new, secret) = spec.issue(self.verifier.format(), caller.owner, now)?;
+        self.verifier.store().insert(&new).await?;
+        tracing::info!(token_id = %new.record.id, created_by = %caller.token_id, "token created");
+        Ok(Response::new(proto::CreateTokenResponse {
+            token: Some(token_message(new.record, now)),
+            secret: secret.expose().to_owned(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_token(
+        &self,
+        request: Request<proto::GetTokenRequest>,
+    ) -> Result<Response<proto::Token>, Status> {
+        let caller = self.caller(&request).await?;
+        let id = requested_id(&request.get_ref().id)?;
+        let record = self.verifier.store().get(&caller.owner, id).await?;
+        let record = record.ok_or_else(|| not_found(id))?;
+        Ok(Response::new(token_message(record, clock::now_micros())))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_tokens(
+        &self,
+        request: Request<proto::ListTokensRequest>,
+    ) -> Result<Response<proto::ListTokensResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let request = request.into_inner();
+        let page_size = page_size(request.page_size)?;
+        let cursor = match request.page_token.as_str() {
+            "" => None,
+            token => Some(Cursor::decode(token).ok_or_else(|| {
+                Status::invalid_argument(
+                    "page_token is malformed: pass next_page_token from the previous response unchanged",
+                )
+            })?),
+        };
+        let page = self
+            .verifier
+            .store()
+            .list(Some(&caller.owner), cursor, page_size)
+            .await?;
+        let now = clock::now_micros();
+        Ok(Response::new(proto::ListTokensResponse {
+            tokens: page
+                .tokens
+                .into_iter()
+                .map(|t| token_message(t, now))
+                .collect(),
+            next_page_token: page.next.map(Cursor::encode).unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn revoke_token(
+        &self,
+        request: Request<proto::RevokeTokenRequest>,
+    ) -> Result<Response<proto::Token>, Status> {
+        let caller = self.caller(&request).await?;
+        let id = requested_id(&request.get_ref().id)?;
+        let now = clock::now_micros();
+        let record = self.verifier.store().revoke(&caller.owner, id, now).await?;
+        let record = record.ok_or_else(|| not_found(id))?;
+        tracing::info!(token_id = %id, revoked_by = %caller.token_id, "token revoked");
+        Ok(Response::new(token_message(record, now)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_token(
+        &self,
+        request: Request<proto::DeleteTokenRequest>,
+    ) -> Result<Response<proto::DeleteTokenResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let id = requested_id(&request.get_ref().id)?;
+        if !self.verifier.store().delete(&caller.owner, id).await? {
+            return Err(not_found(id));
+        }
+        tracing::info!(token_id = %id, deleted_by = %caller.token_id, "token deleted");
+        Ok(Response::new(proto::DeleteTokenResponse {}))
+    }
+
+    async fn list_scopes(
+        &self,
+        _request: Request<proto::ListScopesRequest>,
+    ) -> Result<Response<proto::ListScopesResponse>, Status> {
+        let scopes = CATALOG
+            .iter()
+            .map(|def| proto::Scope {
+                name: def.name.to_owned(),
+                description: def.description.to_owned(),
+            })
+            .collect();
+        Ok(Response::new(proto::ListScopesResponse { scopes }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_size_defaults_and_clamps() {
+        assert_eq!(page_size(0).unwrap(), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(7).unwrap(), 7);
+        assert_eq!(page_size(i32::MAX).unwrap(), MAX_PAGE_SIZE);
+        assert_eq!(
+            page_size(-1).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! patd: issues, manages and introspects personal access tokens over gRPC.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod grpc;
+pub mod model;
+pub mod scope;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod token;
+pub mod verifier;
+
+/// Code generated from `proto/pat/v1/pat.proto`.
+pub mod proto {
+    tonic::include_proto!("pat.v1");
+}

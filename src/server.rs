@@ -1,0 +1,134 @@
+//! Builds and runs the gRPC server: our services, health, reflection and the call
+//! log, on a listener the caller bound, until the shutdown future resolves.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::grpc::introspection::IntrospectionApi;
+use crate::grpc::tokens::TokenApi;
+use crate::proto::introspection_service_server::IntrospectionServiceServer;
+use crate::proto::token_service_server::TokenServiceServer;
+use crate::store::Store;
+use crate::telemetry::CallLogLayer;
+use crate::token::TokenFormat;
+use crate::verifier::Verifier;
+
+/// Our encoded descriptors, served by reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pat_descriptor");
+
+/// Health service names: the whole server ("") and each of our services.
+const HEALTH_SERVICES: [&str; 3] = [
+    "",
+    <TokenServiceServer<TokenApi> as tonic::server::NamedService>::NAME,
+    <IntrospectionServiceServer<IntrospectionApi> as tonic::server::NamedService>::NAME,
+];
+
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub token_format: TokenFormat,
+    /// How long in-flight calls may take to finish once shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug)]
+pub enum ServeError {
+    Reflection(tonic_reflection::server::Error),
+    Transport(tonic::transport::Error),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Reflection(err) => write!(f, "building server reflection: {err}"),
+            ServeError::Transport(err) => write!(f, "serving gRPC: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    for service in HEALTH_SERVICES {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then reports NOT_SERVING, stops
+/// accepting calls and lets in-flight ones finish for at most the shutdown grace.
+/// Health reports SERVING only after a round trip to `store` succeeded.
+pub async fn run(
+    settings: ServerSettings,
+    store: Store,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    // The reporter starts with "" SERVING; nothing is until storage answers.
+    set_health(&reporter, ServingStatus::NotServing).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(ServeError::Reflection)?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(ServeError::Reflection)?;
+
+    let verifier = Verifier::new(settings.token_format.clone(), store.clone());
+    let local_addr = listener.local_addr().ok();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal_reporter = reporter.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: reporting NOT_SERVING and draining");
+        set_health(&signal_reporter, ServingStatus::NotServing).await;
+        let _ = draining_tx.send(());
+    };
+
+    // Connections that arrive meanwhile wait in the listen backlog.
+    match store.ping().await {
+        Ok(()) => {
+            set_health(&reporter, ServingStatus::Serving).await;
+            tracing::info!(addr = ?local_addr, backend = store.backend_name(), "serving");
+        }
+        Err(err) => tracing::error!(error = %err, "storage unreachable: reporting NOT_SERVING"),
+    }
+
+    let serve = tonic::transport::Server::builder()
+        .layer(CallLogLayer)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(TokenServiceServer::new(TokenApi::new(verifier.clone())))
+        .add_service(IntrospectionServiceServer::new(IntrospectionApi::new(
+            verifier,
+        )))
+        .serve_with_incoming_shutdown(incoming, signal);
+
+    let drain_deadline = async {
+        if draining_rx.await.is_ok() {
+            tokio::time::sleep(settings.shutdown_grace).await;
+        } else {
+            std::future::pending::<()>().await
+        }
+    };
+
+    tokio::select! {
+        result = serve => result.map_err(ServeError::Transport)?,
+        () = drain_deadline => {
+            tracing::warn!(grace = ?settings.shutdown_grace, "in-flight calls did not finish in time; closing");
+        }
+    }
+    tracing::info!("server stopped");
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! Postgres: what a fleet of replicas shares.
+
+use std::str::FromStr;
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgConnectOptions;
+
+use super::{StoreError, StoreOptions, StoreResult};
+
+/// sqlx takes a Postgres advisory lock while migrating, so replicas starting at
+/// once apply each migration exactly once.
+pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+pub async fn connect(options: &StoreOptions) -> StoreResult<PgPool> {
+    let connect_options = PgConnectOptions::from_str(options.url.expose())
+        .map_err(|err| {
+            StoreError::Config(format!(
+                "invalid Postgres URL {}: {err}",
+                options.url.redacted()
+            ))
+        })?
+        .application_name("patd");
+    let pool = super::pool_options(options)
+        .connect_with(connect_options)
+        .await?;
+    Ok(pool)
+}

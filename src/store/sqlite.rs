@@ -1,0 +1,33 @@
+//! The embedded default: one SQLite file in WAL mode.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+
+use super::{StoreError, StoreOptions, StoreResult};
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+pub async fn connect(options: &StoreOptions) -> StoreResult<SqlitePool> {
+    let connect_options = SqliteConnectOptions::from_str(options.url.expose())
+        .map_err(|err| {
+            StoreError::Config(format!(
+                "invalid SQLite URL {}: {err}",
+                options.url.redacted()
+            ))
+        })?
+        .create_if_missing(true)
+        // WAL lets readers (every Introspect) proceed while a writer commits.
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: an acknowledged create or revoke survives power loss, not just a crash.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true);
+    let pool = super::pool_options(options)
+        .connect_with(connect_options)
+        .await?;
+    Ok(pool)
+}

@@ -1,0 +1,120 @@
+//! Logging: the subscriber is built apart from being installed (tests install their
+//! own), and a tower layer writes one line per call.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::uri::PathAndQuery;
+use pin_project_lite::pin_project;
+use serde::Deserialize;
+use tracing::Subscriber;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A subscriber writing to `writer` in `format`, filtered by `filter` (the
+/// `RUST_LOG` syntax, e.g. `info` or `patd=debug,sqlx=warn`).
+pub fn subscriber<W>(
+    filter: &str,
+    format: LogFormat,
+    writer: W,
+) -> Result<Box<dyn Subscriber + Send + Sync>, String>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_new(filter).map_err(|err| format!("invalid log filter: {err}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    Ok(match format {
+        LogFormat::Text => Box::new(builder.finish()),
+        LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
+    })
+}
+
+/// Logs one line per gRPC call: method, status code and latency. Health checks,
+/// which probes send every few seconds, log at debug level.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CallLogLayer;
+
+impl<S> tower::Layer<S> for CallLogLayer {
+    type Service = CallLog<S>;
+
+    fn layer(&self, inner: S) -> CallLog<S> {
+        CallLog { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CallLog<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for CallLog<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = CallLogFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        CallLogFuture {
+            method: request.uri().path_and_query().cloned(),
+            started: Instant::now(),
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project! {
+    pub struct CallLogFuture<F> {
+        #[pin]
+        inner: F,
+        method: Option<PathAndQuery>,
+        started: Instant,
+    }
+}
+
+impl<F, ResBody, E> Future for CallLogFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        let method = this.method.as_ref().map_or("", PathAndQuery::path);
+        let latency_us = this.started.elapsed().as_micros() as u64;
+        // Errors travel as a trailers-only response (grpc-status in the headers);
+        // a unary call whose headers carry no status succeeded.
+        let code = match &result {
+            Ok(response) => response
+                .headers()
+                .get("grpc-status")
+                .and_then(|value| value.to_str().ok()?.parse::<i32>().ok())
+                .map_or(tonic::Code::Ok, tonic::Code::from_i32),
+            Err(_) => tonic::Code::Unknown,
+        };
+        if method.starts_with("/grpc.health.") {
+            tracing::debug!(method, code = ?code, latency_us, "call");
+        } else {
+            tracing::info!(method, code = ?code, latency_us, "call");
+        }
+        Poll::Ready(result)
+    }
+}
