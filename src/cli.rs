@@ -2,6 +2,7 @@
 //! directly on the configured database (that is how the first token is minted).
 
 use std::error::Error;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -135,7 +136,8 @@ pub async fn run(cli: Cli) -> CliResult {
         _ if cli.global.log.is_some() => config.log.clone(),
         _ => "warn".to_owned(),
     };
-    let subscriber = telemetry::subscriber(&default_log, config.log_format, std::io::stderr)?;
+    let ansi = std::io::stderr().is_terminal();
+    let subscriber = telemetry::subscriber(&default_log, config.log_format, ansi, std::io::stderr)?;
     tracing::subscriber::set_global_default(subscriber)?;
 
     match cli.command {
@@ -242,7 +244,7 @@ async fn token_command(config: &Config, store: &Store, command: TokenCommand) ->
                     println!(
                         "{:<22}  {:<8}  {:<20}  {:<20}  {:<20}  {:<20}  {}",
                         token.id,
-                        format!("{:?}", token.state_at(now)).to_lowercase(),
+                        token.state_at(now).as_str(),
                         token.name,
                         token.owner.subject,
                         token.owner.account,
@@ -285,13 +287,13 @@ async fn find(store: &Store, id: &str) -> Result<TokenRecord, Box<dyn Error>> {
 /// One line about a token, for the operator.
 fn describe(token: &TokenRecord, now: i64) -> String {
     format!(
-        "token {} {:?} ({}) of {} in {}: {:?}, scopes {}, expires {}",
+        "token {} {:?} ({}) of {} in {}: {}, scopes {}, expires {}",
         token.id,
         token.name,
         token.hint,
         token.owner.subject,
         token.owner.account,
-        token.state_at(now),
+        token.state_at(now).as_str(),
         token.scopes.to_stored(),
         token.expires_at.map_or("never".to_owned(), clock::rfc3339),
     )

@@ -24,6 +24,16 @@ pub enum TokenState {
     Revoked,
 }
 
+impl TokenState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::Active => "active",
+            TokenState::Expired => "expired",
+            TokenState::Revoked => "revoked",
+        }
+    }
+}
+
 /// A stored token (never its secret).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenRecord {

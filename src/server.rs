@@ -71,19 +71,26 @@ pub async fn run(
     // The reporter starts with "" SERVING; nothing is until storage answers.
     set_health(&reporter, ServingStatus::NotServing).await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(ServeError::Reflection)?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions describe everything served, each other included, so
+    // old and new grpcurl alike list the same services.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection_v1 = reflection().build_v1().map_err(ServeError::Reflection)?;
+    let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(ServeError::Reflection)?;
 
     let verifier = Verifier::new(settings.token_format.clone(), store.clone());
-    let local_addr = listener.local_addr().ok();
+    let local_addr = listener
+        .local_addr()
+        .map_or_else(|err| err.to_string(), |addr| addr.to_string());
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
 
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
@@ -99,7 +106,7 @@ pub async fn run(
     match store.ping().await {
         Ok(()) => {
             set_health(&reporter, ServingStatus::Serving).await;
-            tracing::info!(addr = ?local_addr, backend = store.backend_name(), "serving");
+            tracing::info!(addr = %local_addr, backend = store.backend_name(), "serving");
         }
         Err(err) => tracing::error!(error = %err, "storage unreachable: reporting NOT_SERVING"),
     }

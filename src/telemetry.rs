@@ -22,10 +22,12 @@ pub enum LogFormat {
 }
 
 /// A subscriber writing to `writer` in `format`, filtered by `filter` (the
-/// `RUST_LOG` syntax, e.g. `info` or `patd=debug,sqlx=warn`).
+/// `RUST_LOG` syntax, e.g. `info` or `patd=debug,sqlx=warn`); colours only when
+/// `ansi` (a terminal).
 pub fn subscriber<W>(
     filter: &str,
     format: LogFormat,
+    ansi: bool,
     writer: W,
 ) -> Result<Box<dyn Subscriber + Send + Sync>, String>
 where
@@ -34,6 +36,10 @@ where
     let filter = EnvFilter::try_new(filter).map_err(|err| format!("invalid log filter: {err}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
+        // If the log sink goes away (a closed pipe), keep serving: reporting the
+        // failure on stderr would panic on that same closed pipe.
+        .log_internal_errors(false)
         .with_writer(writer);
     Ok(match format {
         LogFormat::Text => Box::new(builder.finish()),

@@ -116,14 +116,25 @@ impl From<sqlx::Error> for StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Pool settings shared by both backends.
-fn pool_options<DB: sqlx::Database>(options: &StoreOptions) -> sqlx::pool::PoolOptions<DB> {
-    sqlx::pool::PoolOptions::new()
+/// Opens a pool with the settings both backends share.
+async fn open_pool<DB: sqlx::Database>(
+    options: &StoreOptions,
+    connect: <DB::Connection as sqlx::Connection>::Options,
+) -> StoreResult<sqlx::Pool<DB>> {
+    // One direct connection first: it reports why storage is unreachable
+    // (refused, authentication, unopenable file), where the pool would only
+    // report that it timed out.
+    let probe = sqlx::ConnectOptions::connect(&connect).await?;
+    sqlx::Connection::close(probe).await?;
+    let pool = sqlx::pool::PoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
         // A ping before every query costs a round trip per lookup (97 -> 32 µs on
         // SQLite, see perf-ceiling.md); a broken connection fails its query instead.
         .test_before_acquire(false)
+        .connect_with(connect)
+        .await?;
+    Ok(pool)
 }
 
 /// A position in a newest-first listing: tokens strictly older than `seq` come next.

@@ -21,8 +21,5 @@ pub async fn connect(options: &StoreOptions) -> StoreResult<PgPool> {
             ))
         })?
         .application_name("patd");
-    let pool = super::pool_options(options)
-        .connect_with(connect_options)
-        .await?;
-    Ok(pool)
+    super::open_pool(options, connect_options).await
 }

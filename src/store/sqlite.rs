@@ -26,8 +26,5 @@ pub async fn connect(options: &StoreOptions) -> StoreResult<SqlitePool> {
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true);
-    let pool = super::pool_options(options)
-        .connect_with(connect_options)
-        .await?;
-    Ok(pool)
+    super::open_pool(options, connect_options).await
 }

@@ -1,0 +1,321 @@
+//! Starts the real server on 127.0.0.1:0 against a fresh SQLite file or a fresh
+//! Postgres schema, and captures every log line the process writes.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use patd::clock;
+use patd::model::{Owner, TokenRecord, TokenSpec, parse_scopes};
+use patd::proto::introspection_service_client::IntrospectionServiceClient;
+use patd::proto::token_service_client::TokenServiceClient;
+use patd::server::{self, ServerSettings};
+use patd::store::{DatabaseUrl, Store, StoreOptions};
+use patd::telemetry::{self, LogFormat};
+use patd::token::TokenFormat;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::Request;
+use tonic::transport::Channel;
+
+pub const POSTGRES_URL_VAR: &str = "PATD_TEST_POSTGRES_URL";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Everything written to the log by every test in this process.
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        if std::env::var_os("TEST_LOG").is_some() {
+            std::io::stderr().write_all(bytes)?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs a subscriber that records every event of every crate at debug level
+/// (and patd's at trace), so that secret-leak tests see all there is to see.
+fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = LogBuffer(buffer.clone());
+        let subscriber =
+            telemetry::subscriber("debug,patd=trace", LogFormat::Text, false, move || {
+                writer.clone()
+            })
+            .expect("test log filter parses");
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber per process");
+        buffer
+    })
+    .clone()
+}
+
+/// All log output so far, as text.
+pub fn logs() -> String {
+    String::from_utf8_lossy(&capture_logs().lock().unwrap()).into_owned()
+}
+
+pub struct TestApp {
+    pub backend: Backend,
+    pub addr: SocketAddr,
+    pub store: Store,
+    pub format: TokenFormat,
+    pub database_url: DatabaseUrl,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), server::ServeError>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The Postgres URL for tests, or `None` (and a note) when the variable is unset.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var(POSTGRES_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipped: {POSTGRES_URL_VAR} is unset, Postgres tests do not run");
+            None
+        }
+    }
+}
+
+/// A schema of its own for one test; schemas from runs over an hour old are
+/// dropped, so an interrupted run leaves nothing behind for long.
+async fn fresh_postgres_schema(base_url: &str) -> String {
+    let admin = sqlx::PgPool::connect(base_url).await.unwrap_or_else(|err| {
+        panic!("{POSTGRES_URL_VAR} is set but Postgres is unreachable: {err}")
+    });
+    let now = clock::now_micros() / 1_000_000;
+    let stale: Vec<(String,)> =
+        sqlx::query_as("SELECT nspname::TEXT FROM pg_namespace WHERE nspname LIKE 'patd_test_%'")
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+    for (schema,) in stale {
+        let created: i64 = schema
+            .split('_')
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if now - created > 3600 {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .execute(&admin)
+                .await;
+        }
+    }
+    let schema = format!(
+        "patd_test_{now}_{}",
+        patd::token::generate_id().to_lowercase()
+    );
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let separator = if base_url.contains('?') { '&' } else { '?' };
+    format!("{base_url}{separator}options=-csearch_path%3D{schema}")
+}
+
+impl TestApp {
+    /// A database URL for `backend` that no other test uses, or `None` when the
+    /// Postgres tests are skipped.
+    pub async fn fresh_database(backend: Backend, dir: &tempfile::TempDir) -> Option<DatabaseUrl> {
+        Some(DatabaseUrl::new(match backend {
+            Backend::Sqlite => format!("sqlite://{}", dir.path().join("patd.db").display()),
+            Backend::Postgres => fresh_postgres_schema(&postgres_url()?).await,
+        }))
+    }
+
+    pub async fn connect_store(url: &DatabaseUrl) -> Store {
+        let options = StoreOptions {
+            url: url.clone(),
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+        };
+        Store::connect(&options, true)
+            .await
+            .expect("store connects and migrates")
+    }
+
+    pub async fn spawn(backend: Backend) -> Option<TestApp> {
+        capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let database_url = Self::fresh_database(backend, &dir).await?;
+        let store = Self::connect_store(&database_url).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let settings = ServerSettings {
+            token_format: TokenFormat::default(),
+            shutdown_grace: Duration::from_secs(5),
+        };
+        let server = tokio::spawn(server::run(settings, store.clone(), listener, async {
+            let _ = shutdown_rx.await;
+        }));
+        Some(TestApp {
+            backend,
+            addr,
+            store,
+            format: TokenFormat::default(),
+            database_url,
+            shutdown: Some(shutdown),
+            server: Some(server),
+            _dir: dir,
+        })
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("client connects to the test server")
+    }
+
+    pub async fn tokens(&self) -> TokenServiceClient<Channel> {
+        TokenServiceClient::new(self.channel().await)
+    }
+
+    pub async fn introspection(&self) -> IntrospectionServiceClient<Channel> {
+        IntrospectionServiceClient::new(self.channel().await)
+    }
+
+    /// Mints a token straight into storage, as the operator CLI does.
+    pub async fn mint(
+        &self,
+        owner: (&str, &str),
+        scopes: &[&str],
+        expires_at: Option<i64>,
+    ) -> (String, TokenRecord) {
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let spec = TokenSpec {
+            name: "minted",
+            scopes: parse_scopes(&scopes).unwrap(),
+            expires_at,
+        };
+        let owner = Owner::new(owner.0, owner.1).unwrap();
+        let (new, secret) = spec
+            .issue(&self.format, owner, clock::now_micros())
+            .unwrap();
+        self.store.insert(&new).await.unwrap();
+        (secret.expose().to_owned(), new.record)
+    }
+
+    /// A token for `subject` in account `acme` that may manage tokens and holds
+    /// the given extra scopes.
+    pub async fn manager(&self, subject: &str, extra: &[&str]) -> String {
+        let mut scopes = vec!["personalAccessToken:write"];
+        scopes.extend_from_slice(extra);
+        self.mint((subject, "acme"), &scopes, None).await.0
+    }
+
+    /// Stops the server the way SIGTERM does and waits for it to finish.
+    pub async fn stop(mut self) -> Result<(), server::ServeError> {
+        let _ = self.shutdown.take().unwrap().send(());
+        let result = self
+            .server
+            .take()
+            .unwrap()
+            .await
+            .expect("server task panicked");
+        self.store.close().await;
+        result
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.abort();
+        }
+    }
+}
+
+/// A transaction on its own connection that keeps writers to `tokens` waiting
+/// (readers go on) until released.
+pub enum WriteLock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl WriteLock {
+    pub async fn take(app: &TestApp) -> WriteLock {
+        use sqlx::{ConnectOptions, Executor};
+        let url = app.database_url.expose();
+        match app.backend {
+            Backend::Sqlite => {
+                let options: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+                let mut conn = options.connect().await.unwrap();
+                conn.execute("BEGIN IMMEDIATE").await.unwrap();
+                WriteLock::Sqlite(conn)
+            }
+            Backend::Postgres => {
+                let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+                let mut conn = options.connect().await.unwrap();
+                conn.execute("BEGIN").await.unwrap();
+                conn.execute("LOCK TABLE tokens IN EXCLUSIVE MODE")
+                    .await
+                    .unwrap();
+                WriteLock::Postgres(conn)
+            }
+        }
+    }
+
+    pub async fn release(self) {
+        use sqlx::Executor;
+        match self {
+            WriteLock::Sqlite(mut conn) => conn.execute("ROLLBACK").await.map(drop),
+            WriteLock::Postgres(mut conn) => conn.execute("ROLLBACK").await.map(drop),
+        }
+        .unwrap();
+    }
+}
+
+/// `message` with `authorization: Bearer <secret>` metadata.
+pub fn authed<T>(secret: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    request
+}
+
+/// Runs each listed test function once per backend:
+/// `sqlite::NAME` and `postgres::NAME`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let app = $crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite).await;
+                    super::$name(app.expect("SQLite is always available")).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if let Some(app) = $crate::helpers::TestApp::spawn($crate::helpers::Backend::Postgres).await {
+                        super::$name(app).await;
+                    }
+                }
+            )+
+        }
+    };
+}

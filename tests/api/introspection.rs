@@ -1,0 +1,171 @@
+//! IntrospectionService through the real server (RFC 7662 semantics).
+
+use std::time::Duration;
+
+use patd::clock;
+use patd::proto::{IntrospectRequest, IntrospectResponse};
+use tonic::Code;
+
+use crate::backend_tests;
+use crate::helpers::TestApp;
+
+fn request(token: &str, required: &[&str]) -> IntrospectRequest {
+    IntrospectRequest {
+        token: token.to_owned(),
+        required_scopes: required.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+async fn introspect(app: &TestApp, token: &str, required: &[&str]) -> IntrospectResponse {
+    app.introspection()
+        .await
+        .introspect(request(token, required))
+        .await
+        .expect("introspection answers, it does not fail")
+        .into_inner()
+}
+
+async fn active_token_says_whose_it_is_and_what_it_grants(app: TestApp) {
+    let expires_at = clock::now_micros() + 3_600_000_000;
+    let (secret, record) = app
+        .mint(
+            ("alice", "acme"),
+            &["license:read", "user:read"],
+            Some(expires_at),
+        )
+        .await;
+    let answer = introspect(&app, &secret, &[]).await;
+    assert_eq!(
+        answer,
+        IntrospectResponse {
+            active: true,
+            token_id: record.id.clone(),
+            name: "minted".to_owned(),
+            subject: "alice".to_owned(),
+            account: "acme".to_owned(),
+            scopes: vec!["license:read".to_owned(), "user:read".to_owned()],
+            issued_at: Some(clock::to_timestamp(record.created_at)),
+            expires_at: Some(clock::to_timestamp(expires_at)),
+            token_type: "Bearer".to_owned(),
+            missing_scopes: vec![],
+        }
+    );
+}
+
+async fn missing_scopes_lists_what_the_token_lacks(app: TestApp) {
+    let (secret, _) = app
+        .mint(
+            ("alice", "acme"),
+            &["license:read", "licenseTemplate:write"],
+            None,
+        )
+        .await;
+    let answer = introspect(
+        &app,
+        &secret,
+        &["license:read", "license:write", "webhook:read"],
+    )
+    .await;
+    assert!(
+        answer.active,
+        "lacking scopes leaves the token active; the caller decides"
+    );
+    assert_eq!(answer.missing_scopes, vec!["license:write", "webhook:read"]);
+    let held = introspect(&app, &secret, &["licenseTemaplate:write", "license:read"]).await;
+    assert!(
+        held.missing_scopes.is_empty(),
+        "the alias names a scope the token holds"
+    );
+}
+
+async fn unknown_required_scope_is_invalid_argument(app: TestApp) {
+    let (secret, _) = app.mint(("alice", "acme"), &["license:read"], None).await;
+    let status = app
+        .introspection()
+        .await
+        .introspect(request(&secret, &["license:read", "licence:read"]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("\"licence:read\""),
+        "{}",
+        status.message()
+    );
+}
+
+async fn bad_tokens_are_inactive_with_nothing_else_said(app: TestApp) {
+    let (valid, record) = app.mint(("alice", "acme"), &["license:read"], None).await;
+    let mut wrong_checksum = valid.clone();
+    let last = valid.len() - 1;
+    wrong_checksum.replace_range(last.., if valid.ends_with('a') { "b" } else { "a" });
+    let (revoked, revoked_record) = app.mint(("alice", "acme"), &["license:read"], None).await;
+    app.store
+        .revoke(
+            &revoked_record.owner,
+            &revoked_record.id,
+            clock::now_micros(),
+        )
+        .await
+        .unwrap();
+    let (deleted, deleted_record) = app.mint(("alice", "acme"), &["license:read"], None).await;
+    assert!(
+        app.store
+            .delete(&deleted_record.owner, &deleted_record.id)
+            .await
+            .unwrap()
+    );
+    let (expired, _) = app
+        .mint(
+            ("alice", "acme"),
+            &["license:read"],
+            Some(clock::now_micros() + 200_000),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let junk = [
+        String::new(),
+        "x".repeat(100 * 1024),
+        format!("patd_{}", "é".repeat(49)),
+        "パスワード".to_owned(),
+        wrong_checksum,
+        valid.replacen("patd_", "ghp_", 1),
+        format!("Bearer {valid}"),
+        app.format.generate().expose().to_owned(),
+        revoked,
+        deleted,
+        expired,
+        record.id.clone(),
+    ];
+    for token in &junk {
+        let answer = introspect(&app, token, &["license:read"]).await;
+        assert_eq!(answer, IntrospectResponse::default(), "{:.40}", token);
+    }
+    assert!(
+        introspect(&app, &valid, &[]).await.active,
+        "the valid token is untouched"
+    );
+}
+
+async fn token_turns_inactive_when_it_expires(app: TestApp) {
+    let expires_at = clock::now_micros() + 1_500_000;
+    let (secret, _) = app
+        .mint(("alice", "acme"), &["license:read"], Some(expires_at))
+        .await;
+    assert!(introspect(&app, &secret, &[]).await.active);
+    let until_expiry = Duration::from_micros((expires_at - clock::now_micros()).max(0) as u64);
+    tokio::time::sleep(until_expiry + Duration::from_millis(50)).await;
+    assert_eq!(
+        introspect(&app, &secret, &[]).await,
+        IntrospectResponse::default()
+    );
+}
+
+backend_tests!(
+    active_token_says_whose_it_is_and_what_it_grants,
+    missing_scopes_lists_what_the_token_lacks,
+    unknown_required_scope_is_invalid_argument,
+    bad_tokens_are_inactive_with_nothing_else_said,
+    token_turns_inactive_when_it_expires,
+);

@@ -1,0 +1,10 @@
+//! The one integration-test binary: each module runs its scenarios against the
+//! real gRPC server on SQLite and on Postgres (see `helpers::backend_tests!`).
+
+mod helpers;
+
+mod cli;
+mod introspection;
+mod logs;
+mod server;
+mod tokens;
