@@ -24,11 +24,12 @@ fn patd() -> Command {
     command
 }
 
-fn run(app: &TestApp, args: &[&str]) -> Output {
+/// Runs `patd` on the app's database with space-separated `args`.
+fn run(app: &TestApp, args: &str) -> Output {
     patd()
         .arg("--database-url")
         .arg(app.database_url.expose())
-        .args(args)
+        .args(args.split(' '))
         .output()
         .expect("patd runs")
 }
@@ -58,20 +59,8 @@ async fn is_active(app: &TestApp, secret: &str) -> bool {
 async fn operator_commands_mint_list_revoke_and_delete(app: TestApp) {
     let created = run(
         &app,
-        &[
-            "token",
-            "create",
-            "--subject",
-            "alice",
-            "--account",
-            "acme",
-            "--name",
-            "ci",
-            "--scopes",
-            "license:read,personalAccessToken:write",
-            "--expires-in",
-            "30d",
-        ],
+        "token create --subject alice --account acme --name ci \
+         --scopes license:read,personalAccessToken:write --expires-in 30d",
     );
     assert!(created.status.success(), "{}", stderr(&created));
     let secret = stdout(&created).trim().to_owned();
@@ -91,7 +80,7 @@ async fn operator_commands_mint_list_revoke_and_delete(app: TestApp) {
     let id = note.split_whitespace().nth(1).unwrap().to_owned();
     assert!(is_active(&app, &secret).await);
 
-    let listed = run(&app, &["token", "list"]);
+    let listed = run(&app, "token list");
     assert!(listed.status.success());
     let line = stdout(&listed)
         .lines()
@@ -104,80 +93,43 @@ async fn operator_commands_mint_list_revoke_and_delete(app: TestApp) {
     );
     assert!(!stdout(&listed).contains(&secret));
 
-    let revoked = run(&app, &["token", "revoke", &id]);
+    let revoked = run(&app, &format!("token revoke {id}"));
     assert!(revoked.status.success(), "{}", stderr(&revoked));
     assert!(stdout(&revoked).contains("revoked"));
     assert!(!is_active(&app, &secret).await);
     assert!(
-        run(&app, &["token", "revoke", &id]).status.success(),
+        run(&app, &format!("token revoke {id}")).status.success(),
         "revoke is idempotent"
     );
 
-    let deleted = run(&app, &["token", "delete", &id]);
+    let deleted = run(&app, &format!("token delete {id}"));
     assert!(deleted.status.success(), "{}", stderr(&deleted));
-    assert!(!stdout(&run(&app, &["token", "list"])).contains(&id));
+    assert!(!stdout(&run(&app, "token list")).contains(&id));
 }
 
 async fn operator_commands_refuse_bad_input_with_exit_code_1(app: TestApp) {
-    let cases: [(&[&str], &str); 5] = [
+    let create = "token create --subject a --account b --name n";
+    let cases = [
+        (format!("{create} --scopes nope"), "unknown scope \"nope\""),
         (
-            &[
-                "token",
-                "create",
-                "--subject",
-                "a",
-                "--account",
-                "b",
-                "--name",
-                "n",
-                "--scopes",
-                "nope",
-            ],
-            "unknown scope \"nope\"",
-        ),
-        (
-            &[
-                "token",
-                "create",
-                "--subject",
-                "",
-                "--account",
-                "b",
-                "--name",
-                "n",
-                "--scopes",
-                "tag:read",
-            ],
+            "token create --subject= --account b --name n --scopes tag:read".to_owned(),
             "subject is required",
         ),
         (
-            &[
-                "token",
-                "create",
-                "--subject",
-                "a",
-                "--account",
-                "b",
-                "--name",
-                "n",
-                "--scopes",
-                "tag:read",
-                "--expires-at",
-                "2001-01-01T00:00:00Z",
-            ],
+            format!("{create} --scopes tag:read --expires-at 2001-01-01T00:00:00Z"),
             "not in the future",
         ),
         (
-            &["token", "revoke", "AAAAAAAAAAAAAAAAAAAAAA"],
+            "token revoke AAAAAAAAAAAAAAAAAAAAAA".to_owned(),
             "no token with id",
         ),
         (
-            &["token", "delete", "AAAAAAAAAAAAAAAAAAAAAA"],
+            "token delete AAAAAAAAAAAAAAAAAAAAAA".to_owned(),
             "no token with id",
         ),
     ];
     for (args, needle) in cases {
-        let output = run(&app, args);
+        let output = run(&app, &args);
         assert_eq!(output.status.code(), Some(1), "{args:?}");
         assert!(
             stderr(&output).contains(needle),
@@ -186,7 +138,7 @@ async fn operator_commands_refuse_bad_input_with_exit_code_1(app: TestApp) {
         );
     }
     assert!(
-        stdout(&run(&app, &["token", "list"])).lines().count() == 1,
+        stdout(&run(&app, "token list")).lines().count() == 1,
         "only the header: nothing was created"
     );
 }

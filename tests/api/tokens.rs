@@ -249,6 +249,25 @@ async fn list_scopes_is_the_catalog_and_needs_no_credential(app: TestApp) {
     );
 }
 
+/// Get, Revoke and Delete of `id` as the holder of `secret`, each expected to fail
+/// with `code` and a message containing `needle`.
+async fn assert_id_rpcs_fail(app: &TestApp, secret: &str, id: &str, code: Code, needle: &str) {
+    let mut client = app.tokens().await;
+    let id = id.to_owned();
+    let get = client
+        .get_token(authed(secret, GetTokenRequest { id: id.clone() }))
+        .await;
+    assert_status(get, code, needle);
+    let revoke = client
+        .revoke_token(authed(secret, RevokeTokenRequest { id: id.clone() }))
+        .await;
+    assert_status(revoke, code, needle);
+    let delete = client
+        .delete_token(authed(secret, DeleteTokenRequest { id }))
+        .await;
+    assert_status(delete, code, needle);
+}
+
 /// Every authenticated RPC with the given metadata value (None: no header).
 async fn each_rpc_status(app: &TestApp, authorization: Option<&str>) -> Vec<tonic::Status> {
     let mut client = app.tokens().await;
@@ -392,27 +411,7 @@ async fn callers_see_only_their_own_tokens(app: TestApp) {
 
     for intruder in [&bob, &alice_elsewhere] {
         let id = alices.id.clone();
-        assert_status(
-            client
-                .get_token(authed(intruder, GetTokenRequest { id: id.clone() }))
-                .await,
-            Code::NotFound,
-            &id,
-        );
-        assert_status(
-            client
-                .revoke_token(authed(intruder, RevokeTokenRequest { id: id.clone() }))
-                .await,
-            Code::NotFound,
-            &id,
-        );
-        assert_status(
-            client
-                .delete_token(authed(intruder, DeleteTokenRequest { id: id.clone() }))
-                .await,
-            Code::NotFound,
-            &id,
-        );
+        assert_id_rpcs_fail(&app, intruder, &id, Code::NotFound, &id).await;
         let listed = client
             .list_tokens(authed(intruder, ListTokensRequest::default()))
             .await
@@ -527,27 +526,7 @@ async fn delete_removes_the_token(app: TestApp) {
         .delete_token(authed(&manager, DeleteTokenRequest { id: id.clone() }))
         .await
         .unwrap();
-    assert_status(
-        client
-            .get_token(authed(&manager, GetTokenRequest { id: id.clone() }))
-            .await,
-        Code::NotFound,
-        &id,
-    );
-    assert_status(
-        client
-            .delete_token(authed(&manager, DeleteTokenRequest { id: id.clone() }))
-            .await,
-        Code::NotFound,
-        &id,
-    );
-    assert_status(
-        client
-            .revoke_token(authed(&manager, RevokeTokenRequest { id: id.clone() }))
-            .await,
-        Code::NotFound,
-        &id,
-    );
+    assert_id_rpcs_fail(&app, &manager, &id, Code::NotFound, &id).await;
     let introspected = app
         .introspection()
         .await
@@ -563,35 +542,14 @@ async fn delete_removes_the_token(app: TestApp) {
 
 async fn malformed_ids_are_invalid_argument(app: TestApp) {
     let manager = app.manager("alice", &[]).await;
-    let mut client = app.tokens().await;
+    let long = "x".repeat(10_000);
     for (id, needle) in [
         ("", "id is required"),
         ("short", "malformed"),
-        (&"x".repeat(10_000)[..], "malformed"),
+        (&long[..], "malformed"),
         ("Zqz69FDzybpmChQeXByl6é", "malformed"),
     ] {
-        let id = id.to_owned();
-        assert_status(
-            client
-                .get_token(authed(&manager, GetTokenRequest { id: id.clone() }))
-                .await,
-            Code::InvalidArgument,
-            needle,
-        );
-        assert_status(
-            client
-                .revoke_token(authed(&manager, RevokeTokenRequest { id: id.clone() }))
-                .await,
-            Code::InvalidArgument,
-            needle,
-        );
-        assert_status(
-            client
-                .delete_token(authed(&manager, DeleteTokenRequest { id }))
-                .await,
-            Code::InvalidArgument,
-            needle,
-        );
+        assert_id_rpcs_fail(&app, &manager, id, Code::InvalidArgument, needle).await;
     }
 }
 
