@@ -124,3 +124,121 @@ where
         Poll::Ready(result)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::{Ready, ready};
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    use std::task::Waker;
+
+    use tower::{Layer, Service};
+
+    use super::*;
+
+    /// Answers every request with the given `grpc-status` header, if any.
+    struct Respond(Option<&'static str>);
+
+    impl Service<http::Request<()>> for Respond {
+        type Response = http::Response<()>;
+        type Error = Infallible;
+        type Future = Ready<Result<http::Response<()>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let mut response = http::Response::new(());
+            if let Some(code) = self.0 {
+                response
+                    .headers_mut()
+                    .insert("grpc-status", code.parse().unwrap());
+            }
+            ready(Ok(response))
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The log lines written while calling `path` on a service answering `status`.
+    fn log_of_call(format: LogFormat, path: &str, status: Option<&'static str>) -> String {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = subscriber("info", format, false, move || writer.clone()).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            let mut service = CallLogLayer.layer(Respond(status));
+            let request = http::Request::builder().uri(path).body(()).unwrap();
+            let mut call = std::pin::pin!(service.call(request));
+            let polled = call.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+            assert!(polled.is_ready());
+        });
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn one_text_line_per_call_with_method_code_and_latency() {
+        let log = log_of_call(LogFormat::Text, "/pat.v1.TokenService/GetToken", Some("5"));
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(
+            log.contains("method=\"/pat.v1.TokenService/GetToken\""),
+            "{log}"
+        );
+        assert!(
+            log.contains("code=NotFound") && log.contains("latency_us="),
+            "{log}"
+        );
+    }
+
+    #[test]
+    fn a_response_without_status_header_is_ok() {
+        let log = log_of_call(
+            LogFormat::Text,
+            "/pat.v1.IntrospectionService/Introspect",
+            None,
+        );
+        assert!(log.contains("code=Ok"), "{log}");
+    }
+
+    #[test]
+    fn json_format_writes_one_object_per_line() {
+        let log = log_of_call(
+            LogFormat::Json,
+            "/pat.v1.TokenService/ListTokens",
+            Some("16"),
+        );
+        let line = log.lines().next().unwrap();
+        assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+        assert!(
+            line.contains("\"method\":\"/pat.v1.TokenService/ListTokens\""),
+            "{line}"
+        );
+        assert!(line.contains("\"code\":\"Unauthenticated\""), "{line}");
+    }
+
+    #[test]
+    fn health_checks_log_below_info() {
+        assert_eq!(
+            log_of_call(LogFormat::Text, "/grpc.health.v1.Health/Check", None),
+            ""
+        );
+    }
+
+    #[test]
+    fn invalid_filter_is_refused() {
+        assert!(subscriber("=[", LogFormat::Text, false, std::io::sink).is_err());
+    }
+}
