@@ -71,6 +71,21 @@ struct ServeArgs {
     /// How long in-flight calls may finish after SIGTERM, e.g. 10s [default: 10s]
     #[arg(long, env = "PATD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
+    /// Tokens kept in memory for Introspect; 0 disables [default: 100000]
+    #[arg(long, env = "PATD_CACHE_CAPACITY")]
+    cache_capacity: Option<usize>,
+    /// Unknown secrets remembered as unknown [default: 100000]
+    #[arg(long, env = "PATD_NEGATIVE_CACHE_CAPACITY")]
+    negative_cache_capacity: Option<usize>,
+    /// Longest a cached answer is reused without a change notice [default: 60s]
+    #[arg(long, env = "PATD_CACHE_TTL", value_parser = humantime::parse_duration)]
+    cache_ttl: Option<Duration>,
+    /// How often revokes and deletes by other processes are picked up [default: 1s]
+    #[arg(long, env = "PATD_CHANGE_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    change_poll_interval: Option<Duration>,
+    /// How often last_used_at is written behind [default: 60s]
+    #[arg(long, env = "PATD_LAST_USED_INTERVAL", value_parser = humantime::parse_duration)]
+    last_used_interval: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +139,11 @@ impl Cli {
             log_format: global.log_format,
             shutdown_grace: serve.and_then(|args| args.shutdown_grace),
             max_connections: global.max_connections,
+            cache_capacity: serve.and_then(|args| args.cache_capacity),
+            negative_cache_capacity: serve.and_then(|args| args.negative_cache_capacity),
+            cache_ttl: serve.and_then(|args| args.cache_ttl),
+            change_poll_interval: serve.and_then(|args| args.change_poll_interval),
+            last_used_interval: serve.and_then(|args| args.last_used_interval),
         })
     }
 }
@@ -164,7 +184,7 @@ async fn serve(config: &Config) -> CliResult {
         .await
         .map_err(|err| format!("cannot listen on {}: {err}", config.listen))?;
     server::run(
-        config.server_settings(),
+        config.server.clone(),
         store.clone(),
         listener,
         shutdown_signal(),
@@ -220,7 +240,7 @@ async fn token_command(config: &Config, store: &Store, command: TokenCommand) ->
                 expires_at,
             };
             let owner = Owner::new(&subject, &account)?;
-            let (new, secret) = spec.issue(&config.token_format, owner, now)?;
+            let (new, secret) = spec.issue(config.token_format(), owner, now)?;
             store.insert(&new).await?;
             eprintln!("{}", describe(&new.record, now));
             eprintln!("The secret below is shown once; store it now.");
@@ -262,13 +282,13 @@ async fn token_command(config: &Config, store: &Store, command: TokenCommand) ->
             let token = find(store, &id).await?;
             let now = clock::now_micros();
             let revoked = store.revoke(&token.owner, &id, now).await?;
-            let revoked = revoked.ok_or_else(|| format!("no token with id {id}"))?;
+            let (revoked, _) = revoked.ok_or_else(|| format!("no token with id {id}"))?;
             println!("{}", describe(&revoked, now));
             Ok(())
         }
         TokenCommand::Delete { id } => {
             let token = find(store, &id).await?;
-            if !store.delete(&token.owner, &id).await? {
+            if store.delete(&token.owner, &id).await?.is_none() {
                 return Err(format!("no token with id {id}").into());
             }
             println!("deleted {}", describe(&token, clock::now_micros()));

@@ -16,7 +16,6 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// An SQLite file in the working directory, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://patd.db";
 pub const DEFAULT_LOG: &str = "info";
-const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_CONNECTIONS: u32 = 8;
 const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -32,6 +31,11 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     max_connections: Option<u32>,
     acquire_timeout: Option<String>,
+    cache_capacity: Option<usize>,
+    negative_cache_capacity: Option<usize>,
+    cache_ttl: Option<String>,
+    change_poll_interval: Option<String>,
+    last_used_interval: Option<String>,
 }
 
 /// Values from flags or the environment; `None` falls through to the file.
@@ -45,23 +49,41 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     pub shutdown_grace: Option<Duration>,
     pub max_connections: Option<u32>,
+    pub cache_capacity: Option<usize>,
+    pub negative_cache_capacity: Option<usize>,
+    pub cache_ttl: Option<Duration>,
+    pub change_poll_interval: Option<Duration>,
+    pub last_used_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub database_url: DatabaseUrl,
-    pub token_format: TokenFormat,
     pub log: String,
     pub log_format: LogFormat,
-    pub shutdown_grace: Duration,
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    pub server: ServerSettings,
 }
 
 fn parse_duration(key: &str, text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|err| format!("{key} = {text:?} is not a duration like \"10s\" or \"1m\": {err}"))
+}
+
+/// The override, else the file's value, else `default`.
+fn duration(
+    key: &str,
+    overridden: Option<Duration>,
+    file: &Option<String>,
+    default: Duration,
+) -> Result<Duration, String> {
+    match (overridden, file) {
+        (Some(value), _) => Ok(value),
+        (None, Some(text)) => parse_duration(key, text),
+        (None, None) => Ok(default),
+    }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, String> {
@@ -76,15 +98,13 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let shutdown_grace = match (overrides.shutdown_grace, &file.shutdown_grace) {
-            (Some(grace), _) => grace,
-            (None, Some(text)) => parse_duration("shutdown_grace", text)?,
-            (None, None) => DEFAULT_SHUTDOWN_GRACE,
-        };
-        let acquire_timeout = match &file.acquire_timeout {
-            Some(text) => parse_duration("acquire_timeout", text)?,
-            None => DEFAULT_ACQUIRE_TIMEOUT,
-        };
+        let defaults = ServerSettings::default();
+        let acquire_timeout = duration(
+            "acquire_timeout",
+            None,
+            &file.acquire_timeout,
+            DEFAULT_ACQUIRE_TIMEOUT,
+        )?;
         let max_connections = overrides
             .max_connections
             .or(file.max_connections)
@@ -92,10 +112,44 @@ impl Config {
         if max_connections == 0 {
             return Err("max_connections must be at least 1".to_owned());
         }
+        let mut server = ServerSettings {
+            shutdown_grace: duration(
+                "shutdown_grace",
+                overrides.shutdown_grace,
+                &file.shutdown_grace,
+                defaults.shutdown_grace,
+            )?,
+            change_poll_interval: duration(
+                "change_poll_interval",
+                overrides.change_poll_interval,
+                &file.change_poll_interval,
+                defaults.change_poll_interval,
+            )?,
+            last_used_interval: duration(
+                "last_used_interval",
+                overrides.last_used_interval,
+                &file.last_used_interval,
+                defaults.last_used_interval,
+            )?,
+            ..defaults
+        };
+        let cache = &mut server.verifier.cache;
+        cache.ttl = duration("cache_ttl", overrides.cache_ttl, &file.cache_ttl, cache.ttl)?;
+        cache.capacity = overrides
+            .cache_capacity
+            .or(file.cache_capacity)
+            .unwrap_or(cache.capacity);
+        cache.negative_capacity = overrides
+            .negative_cache_capacity
+            .or(file.negative_cache_capacity)
+            .unwrap_or(cache.negative_capacity);
+        // One connection stays free of Introspect misses for management calls.
+        server.verifier.max_concurrent_lookups = (max_connections as usize - 1).max(1);
         let prefix = overrides
             .token_prefix
             .or(file.token_prefix)
             .unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
+        server.token_format = TokenFormat::new(&prefix).map_err(|err| err.to_string())?;
         Ok(Config {
             listen: overrides
                 .listen
@@ -107,15 +161,14 @@ impl Config {
                     .or(file.database_url)
                     .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
             ),
-            token_format: TokenFormat::new(&prefix).map_err(|err| err.to_string())?,
             log: overrides
                 .log
                 .or(file.log)
                 .unwrap_or_else(|| DEFAULT_LOG.to_owned()),
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
-            shutdown_grace,
             max_connections,
             acquire_timeout,
+            server,
         })
     }
 
@@ -127,11 +180,8 @@ impl Config {
         }
     }
 
-    pub fn server_settings(&self) -> ServerSettings {
-        ServerSettings {
-            token_format: self.token_format.clone(),
-            shutdown_grace: self.shutdown_grace,
-        }
+    pub fn token_format(&self) -> &TokenFormat {
+        &self.server.token_format
     }
 }
 
@@ -150,15 +200,17 @@ mod tests {
         let config = Config::load(Overrides::default()).unwrap();
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.database_url.expose(), DEFAULT_DATABASE_URL);
-        assert_eq!(config.token_format.prefix(), DEFAULT_PREFIX);
-        assert_eq!(config.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+        assert_eq!(config.token_format().prefix(), DEFAULT_PREFIX);
+        assert_eq!(config.server.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(config.server.verifier.max_concurrent_lookups, 7);
     }
 
     #[test]
     fn file_overrides_defaults_and_overrides_win_over_file() {
         let file = file_with(
             "listen = \"0.0.0.0:6000\"\ndatabase_url = \"postgres://u:pw@db/patd\"\n\
-             token_prefix = \"acme_\"\nshutdown_grace = \"3s\"\nmax_connections = 20\n",
+             token_prefix = \"acme_\"\nshutdown_grace = \"3s\"\nmax_connections = 20\n\
+             cache_capacity = 5\nchange_poll_interval = \"250ms\"\n",
         );
         let from_file = Config::load(Overrides {
             config_file: Some(file.path().to_owned()),
@@ -166,8 +218,13 @@ mod tests {
         })
         .unwrap();
         assert_eq!(from_file.listen.to_string(), "0.0.0.0:6000");
-        assert_eq!(from_file.token_format.prefix(), "acme_");
-        assert_eq!(from_file.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(from_file.token_format().prefix(), "acme_");
+        assert_eq!(from_file.server.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(from_file.server.verifier.cache.capacity, 5);
+        assert_eq!(
+            from_file.server.change_poll_interval,
+            Duration::from_millis(250)
+        );
         assert_eq!(from_file.max_connections, 20);
         assert!(
             !format!("{from_file:?}").contains("pw@"),
@@ -183,7 +240,7 @@ mod tests {
         .unwrap();
         assert_eq!(overridden.listen.to_string(), "127.0.0.1:7000");
         assert_eq!(overridden.database_url.expose(), "sqlite://other.db");
-        assert_eq!(overridden.token_format.prefix(), "acme_");
+        assert_eq!(overridden.token_format().prefix(), "acme_");
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct TokenRecord {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// When the token was last seen active, to the second; written behind, so it
+    /// may lag by up to the flush interval.
+    pub last_used_at: Option<i64>,
 }
 
 impl TokenRecord {
@@ -121,6 +124,7 @@ impl TokenSpec<'_> {
             created_at: now,
             expires_at: self.expires_at,
             revoked_at: None,
+            last_used_at: None,
         };
         let secret_hash = SecretHash::of(secret.expose());
         Ok((

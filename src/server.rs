@@ -9,6 +9,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::cache::CacheSettings;
 use crate::grpc::introspection::IntrospectionApi;
 use crate::grpc::tokens::TokenApi;
 use crate::proto::introspection_service_server::IntrospectionServiceServer;
@@ -16,7 +17,7 @@ use crate::proto::token_service_server::TokenServiceServer;
 use crate::store::Store;
 use crate::telemetry::CallLogLayer;
 use crate::token::TokenFormat;
-use crate::verifier::Verifier;
+use crate::verifier::{Verifier, VerifierSettings};
 
 /// Our encoded descriptors, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pat_descriptor");
@@ -33,6 +34,40 @@ pub struct ServerSettings {
     pub token_format: TokenFormat,
     /// How long in-flight calls may take to finish once shutdown begins.
     pub shutdown_grace: Duration,
+    pub verifier: VerifierSettings,
+    /// How often `token_changes` is polled for revokes and deletes made by other
+    /// processes: the staleness bound for those changes.
+    pub change_poll_interval: Duration,
+    /// How often `last_used_at` is written behind (at most once per token each).
+    pub last_used_interval: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            token_format: TokenFormat::default(),
+            shutdown_grace: Duration::from_secs(10),
+            verifier: VerifierSettings {
+                cache: CacheSettings {
+                    capacity: 100_000,
+                    negative_capacity: 100_000,
+                    ttl: Duration::from_secs(60),
+                },
+                max_concurrent_lookups: 7,
+            },
+            change_poll_interval: Duration::from_secs(1),
+            last_used_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A background task that stops when its owner is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[derive(Debug)]
@@ -87,7 +122,19 @@ pub async fn run(
         .build_v1alpha()
         .map_err(ServeError::Reflection)?;
 
-    let verifier = Verifier::new(settings.token_format.clone(), store.clone());
+    let verifier = Verifier::new(
+        settings.token_format.clone(),
+        store.clone(),
+        settings.verifier,
+    );
+    let follower = AbortOnDrop(tokio::spawn(
+        verifier
+            .clone()
+            .follow_changes(settings.change_poll_interval),
+    ));
+    let writer = AbortOnDrop(tokio::spawn(
+        verifier.clone().write_behind(settings.last_used_interval),
+    ));
     let local_addr = listener
         .local_addr()
         .map_or_else(|err| err.to_string(), |addr| addr.to_string());
@@ -118,7 +165,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(TokenServiceServer::new(TokenApi::new(verifier.clone())))
         .add_service(IntrospectionServiceServer::new(IntrospectionApi::new(
-            verifier,
+            verifier.clone(),
         )))
         .serve_with_incoming_shutdown(incoming, signal);
 
@@ -135,6 +182,11 @@ pub async fn run(
         () = drain_deadline => {
             tracing::warn!(grace = ?settings.shutdown_grace, "in-flight calls did not finish in time; closing");
         }
+    }
+    drop((follower, writer));
+    match verifier.flush_last_used().await {
+        Ok(written) => tracing::info!(written, "last_used_at flushed"),
+        Err(err) => tracing::warn!(error = %err, "last_used_at could not be flushed at shutdown"),
     }
     tracing::info!("server stopped");
     Ok(())

@@ -41,8 +41,17 @@ impl fmt::Debug for Secret {
 }
 
 /// The hash under which a secret is stored and looked up.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SecretHash(pub [u8; 32]);
+
+impl std::hash::Hash for SecretHash {
+    /// Eight of the bytes suffice: they are uniformly random already.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(prefix));
+    }
+}
 
 impl SecretHash {
     pub fn of(secret: &str) -> SecretHash {
@@ -53,17 +62,37 @@ impl SecretHash {
 
     /// Constant-time equality (via `blake3::Hash`), for comparing a stored hash
     /// with the hash of a presented secret.
-    pub fn matches(&self, stored: &[u8]) -> bool {
-        let Ok(stored) = <[u8; 32]>::try_from(stored) else {
-            return false;
-        };
-        blake3::Hash::from_bytes(self.0) == blake3::Hash::from_bytes(stored)
+    pub fn matches(&self, stored: &SecretHash) -> bool {
+        blake3::Hash::from_bytes(self.0) == blake3::Hash::from_bytes(stored.0)
     }
 }
 
 impl fmt::Debug for SecretHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SecretHash(..)")
+    }
+}
+
+/// Bytes read from storage that are not a 32-byte hash.
+#[derive(Debug)]
+pub struct MalformedHash(pub usize);
+
+impl fmt::Display for MalformedHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "stored secret hash is {} bytes, not 32", self.0)
+    }
+}
+
+impl std::error::Error for MalformedHash {}
+
+impl TryFrom<Vec<u8>> for SecretHash {
+    type Error = MalformedHash;
+
+    fn try_from(bytes: Vec<u8>) -> Result<SecretHash, MalformedHash> {
+        let len = bytes.len();
+        Ok(SecretHash(
+            bytes.try_into().map_err(|_| MalformedHash(len))?,
+        ))
     }
 }
 
@@ -302,9 +331,13 @@ mod tests {
             *blake3::hash(text.as_bytes()).as_bytes()
         );
         assert_eq!(SecretHash::of(text), SecretHash::of(text));
-        assert!(SecretHash::of(text).matches(&SecretHash::of(text).0));
-        assert!(!SecretHash::of(text).matches(&SecretHash::of("other").0));
-        assert!(!SecretHash::of(text).matches(&[0u8; 31]));
+        assert!(SecretHash::of(text).matches(&SecretHash::of(text)));
+        assert!(!SecretHash::of(text).matches(&SecretHash::of("other")));
+        assert!(SecretHash::try_from(vec![0u8; 31]).is_err());
+        assert_eq!(
+            SecretHash::try_from(vec![7u8; 32]).unwrap(),
+            SecretHash([7u8; 32])
+        );
     }
 
     #[test]

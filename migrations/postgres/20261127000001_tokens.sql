@@ -13,7 +13,36 @@ CREATE TABLE tokens (
     hint        TEXT   NOT NULL,
     created_at  BIGINT NOT NULL,
     expires_at  BIGINT,
-    revoked_at  BIGINT
+    revoked_at  BIGINT,
+    -- Written behind, at most once per token per flush interval.
+    last_used_at BIGINT
 );
 
 CREATE INDEX tokens_by_owner ON tokens (account, subject, seq DESC);
+
+-- Every revoke or delete, by the server or the operator CLI, so that every server
+-- process drops the token from its cache (each polls this table). Pruned after a day.
+CREATE TABLE token_changes (
+    seq         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    secret_hash BYTEA  NOT NULL,
+    changed_at  BIGINT NOT NULL
+);
+
+CREATE INDEX token_changes_by_time ON token_changes (changed_at);
+
+-- Triggers, so that changes from any writer (a server, the operator CLI, a manual
+-- UPDATE) are recorded. Times come from the database's clock.
+CREATE FUNCTION tokens_record_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO token_changes (secret_hash, changed_at)
+    VALUES (OLD.secret_hash, (extract(epoch FROM clock_timestamp()) * 1000000)::BIGINT);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER tokens_revoked AFTER UPDATE OF revoked_at ON tokens
+FOR EACH ROW WHEN (OLD.revoked_at IS NULL AND NEW.revoked_at IS NOT NULL)
+EXECUTE FUNCTION tokens_record_change();
+
+CREATE TRIGGER tokens_deleted AFTER DELETE ON tokens
+FOR EACH ROW EXECUTE FUNCTION tokens_record_change();

@@ -21,8 +21,8 @@ pub struct Caller {
 /// token-management scope. Messages say what is wrong but never echo the token.
 pub async fn authenticate(verifier: &Verifier, metadata: &MetadataMap) -> Result<Caller, Status> {
     let presented = bearer_token(metadata)?;
-    let record = match verifier.verify(presented).await? {
-        Ok(record) => record,
+    let token = match verifier.verify(presented).await? {
+        Ok(token) => token,
         Err(inactive) => {
             tracing::debug!(reason = ?inactive, "caller token inactive");
             return Err(Status::unauthenticated(match inactive {
@@ -33,14 +33,15 @@ pub async fn authenticate(verifier: &Verifier, metadata: &MetadataMap) -> Result
             }));
         }
     };
+    let record = &token.record;
     if !record.scopes.contains(MANAGE_TOKENS) {
         return Err(Status::permission_denied(format!(
             "the caller's token lacks the {MANAGE_TOKENS} scope"
         )));
     }
     Ok(Caller {
-        token_id: record.id,
-        owner: record.owner,
+        token_id: record.id.clone(),
+        owner: record.owner.clone(),
         scopes: record.scopes,
     })
 }

@@ -34,20 +34,21 @@ impl IntrospectionService for IntrospectionApi {
         let required = ScopeSet::parse(&request.required_scopes)
             .map_err(|unknown| Status::invalid_argument(format!("required_scopes: {unknown}")))?;
         // Storage errors propagate as UNAVAILABLE/INTERNAL: fail closed.
-        let record = match self.verifier.verify(&request.token).await? {
-            Ok(record) => record,
+        let token = match self.verifier.verify(&request.token).await? {
+            Ok(token) => token,
             Err(reason) => {
                 tracing::debug!(?reason, "introspect: inactive");
                 return Ok(Response::new(proto::IntrospectResponse::default()));
             }
         };
+        let record = &token.record;
         tracing::debug!(token_id = %record.id, "introspect: active");
         Ok(Response::new(proto::IntrospectResponse {
             active: true,
-            token_id: record.id,
-            name: record.name,
-            subject: record.owner.subject,
-            account: record.owner.account,
+            token_id: record.id.clone(),
+            name: record.name.clone(),
+            subject: record.owner.subject.clone(),
+            account: record.owner.account.clone(),
             scopes: record.scopes.to_names(),
             issued_at: Some(clock::to_timestamp(record.created_at)),
             expires_at: record.expires_at.map(clock::to_timestamp),

@@ -26,5 +26,6 @@ pub fn token_message(record: TokenRecord, now: i64) -> proto::Token {
         revoked_at: record.revoked_at.map(clock::to_timestamp),
         state: state.into(),
         hint: record.hint,
+        last_used_at: record.last_used_at.map(clock::to_timestamp),
     }
 }

@@ -153,8 +153,9 @@ impl TokenService for TokenApi {
         let caller = self.caller(&request).await?;
         let id = requested_id(&request.get_ref().id)?;
         let now = clock::now_micros();
-        let record = self.verifier.store().revoke(&caller.owner, id, now).await?;
-        let record = record.ok_or_else(|| not_found(id))?;
+        let revoked = self.verifier.store().revoke(&caller.owner, id, now).await?;
+        let (record, hash) = revoked.ok_or_else(|| not_found(id))?;
+        self.verifier.forget(&hash);
         tracing::info!(token_id = %id, revoked_by = %caller.token_id, "token revoked");
         Ok(Response::new(token_message(record, now)))
     }
@@ -166,9 +167,8 @@ impl TokenService for TokenApi {
     ) -> Result<Response<proto::DeleteTokenResponse>, Status> {
         let caller = self.caller(&request).await?;
         let id = requested_id(&request.get_ref().id)?;
-        if !self.verifier.store().delete(&caller.owner, id).await? {
-            return Err(not_found(id));
-        }
+        let hash = self.verifier.store().delete(&caller.owner, id).await?;
+        self.verifier.forget(&hash.ok_or_else(|| not_found(id))?);
         tracing::info!(token_id = %id, deleted_by = %caller.token_id, "token deleted");
         Ok(Response::new(proto::DeleteTokenResponse {}))
     }

@@ -9,6 +9,8 @@ mod postgres;
 mod sqlite;
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::{PgPool, SqlitePool};
@@ -182,9 +184,26 @@ macro_rules! on_pool {
     };
 }
 
+/// Statements issued, by kind: for tests that prove what does and does not reach
+/// storage, and for operators.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Lookups of a token by its secret's hash (the Introspect path).
+    pub hash_lookups: AtomicU64,
+    /// Statements that modify `tokens`.
+    pub writes: AtomicU64,
+}
+
+impl StoreStats {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    stats: Arc<StoreStats>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -199,13 +218,15 @@ struct TokenRow {
     created_at: i64,
     expires_at: Option<i64>,
     revoked_at: Option<i64>,
+    last_used_at: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
 struct HashedTokenRow {
     #[sqlx(flatten)]
     token: TokenRow,
-    secret_hash: Vec<u8>,
+    #[sqlx(try_from = "Vec<u8>")]
+    secret_hash: SecretHash,
 }
 
 impl From<TokenRow> for TokenRecord {
@@ -222,14 +243,32 @@ impl From<TokenRow> for TokenRecord {
             created_at: row.created_at,
             expires_at: row.expires_at,
             revoked_at: row.revoked_at,
+            last_used_at: row.last_used_at,
         }
     }
+}
+
+/// A token stored under a secret hash, and its insertion sequence.
+#[derive(Debug)]
+pub struct StoredToken {
+    pub seq: i64,
+    pub record: TokenRecord,
+}
+
+/// A revoke or delete recorded in `token_changes` (by a trigger).
+#[derive(Debug, sqlx::FromRow)]
+pub struct Change {
+    pub seq: i64,
+    #[sqlx(try_from = "Vec<u8>")]
+    pub secret_hash: SecretHash,
+    pub changed_at: i64,
 }
 
 /// The columns of a [`TokenRow`], as a literal for `concat!`.
 macro_rules! columns {
     () => {
-        "seq, id, name, subject, account, scopes, hint, created_at, expires_at, revoked_at"
+        "seq, id, name, subject, account, scopes, hint, created_at, expires_at, revoked_at, \
+         last_used_at"
     };
 }
 
@@ -237,6 +276,26 @@ macro_rules! select {
     ($($rest:literal),+) => {
         concat!("SELECT ", columns!(), " FROM tokens ", $($rest),+)
     };
+}
+
+/// `INSERT ... VALUES` rows per statement: 9 parameters each stays well inside
+/// both backends' parameter limits.
+const INSERT_ROWS_PER_STATEMENT: usize = 500;
+/// `last_used_at` updates per statement (2 parameters each).
+const LAST_USED_ROWS_PER_STATEMENT: usize = 500;
+
+/// `$first, $first+1, ...` as `width` placeholders in parentheses.
+fn placeholders(first: usize, width: usize) -> String {
+    let names: Vec<String> = (first..first + width).map(|n| format!("${n}")).collect();
+    format!("({})", names.join(", "))
+}
+
+/// `rows` groups of `width` placeholders, numbered from `$1`.
+fn values_list(rows: usize, width: usize) -> String {
+    let groups: Vec<String> = (0..rows)
+        .map(|row| placeholders(row * width + 1, width))
+        .collect();
+    groups.join(", ")
 }
 
 impl Store {
@@ -253,7 +312,10 @@ impl Store {
                 options.url.redacted()
             )));
         };
-        let store = Store { backend };
+        let store = Store {
+            backend,
+            stats: Arc::default(),
+        };
         if migrate {
             store.migrate().await?;
         }
@@ -275,6 +337,10 @@ impl Store {
         }
     }
 
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
     /// A round trip to storage.
     pub async fn ping(&self) -> StoreResult<()> {
         on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))?;
@@ -287,43 +353,61 @@ impl Store {
 
     #[tracing::instrument(skip_all, fields(token_id = %new.record.id))]
     pub async fn insert(&self, new: &NewToken) -> StoreResult<()> {
-        const SQL: &str = "INSERT INTO tokens \
-            (id, secret_hash, name, subject, account, scopes, hint, created_at, expires_at) \
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-        let token = &new.record;
-        let scopes = token.scopes.to_stored();
-        on_pool!(self, pool => sqlx::query(SQL)
-            .bind(&token.id)
-            .bind(&new.secret_hash.0[..])
-            .bind(&token.name)
-            .bind(&token.owner.subject)
-            .bind(&token.owner.account)
-            .bind(&scopes)
-            .bind(&token.hint)
-            .bind(token.created_at)
-            .bind(token.expires_at)
-            .execute(pool)
-            .await
-            .map(drop))?;
+        self.insert_many(std::slice::from_ref(new)).await
+    }
+
+    /// Inserts all of `tokens` in one transaction, many rows per statement.
+    #[tracing::instrument(skip_all, fields(count = tokens.len()))]
+    pub async fn insert_many(&self, tokens: &[NewToken]) -> StoreResult<()> {
+        const COLUMNS: &str = "INSERT INTO tokens (id, secret_hash, name, subject, account, \
+            scopes, hint, created_at, expires_at) VALUES ";
+        on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            for chunk in tokens.chunks(INSERT_ROWS_PER_STATEMENT) {
+                let sql = format!("{COLUMNS}{}", values_list(chunk.len(), 9));
+                let mut query = sqlx::query(&sql);
+                for new in chunk {
+                    let token = &new.record;
+                    query = query
+                        .bind(&token.id)
+                        .bind(&new.secret_hash.0[..])
+                        .bind(&token.name)
+                        .bind(&token.owner.subject)
+                        .bind(&token.owner.account)
+                        .bind(token.scopes.to_stored())
+                        .bind(&token.hint)
+                        .bind(token.created_at)
+                        .bind(token.expires_at);
+                }
+                StoreStats::count(&self.stats.writes);
+                query.execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        }
+        .await)?;
         Ok(())
     }
 
     /// The token whose secret hashes to `hash`, confirmed by a constant-time
     /// comparison of the stored hash.
     #[tracing::instrument(skip_all)]
-    pub async fn find_by_hash(&self, hash: &SecretHash) -> StoreResult<Option<TokenRecord>> {
+    pub async fn find_by_hash(&self, hash: &SecretHash) -> StoreResult<Option<StoredToken>> {
         const SQL: &str = concat!(
             "SELECT ",
             columns!(),
             ", secret_hash FROM tokens WHERE secret_hash = $1"
         );
+        StoreStats::count(&self.stats.hash_lookups);
         let row: Option<HashedTokenRow> = on_pool!(self, pool => sqlx::query_as(SQL)
             .bind(&hash.0[..])
             .fetch_optional(pool)
             .await)?;
         Ok(row
             .filter(|row| hash.matches(&row.secret_hash))
-            .map(|row| row.token.into()))
+            .map(|row| StoredToken {
+                seq: row.token.seq,
+                record: row.token.into(),
+            }))
     }
 
     /// Any owner's token by id: for operators only.
@@ -392,41 +476,95 @@ impl Store {
     }
 
     /// Revokes `owner`'s token at `now` unless it is already revoked (then its first
-    /// revocation time stands). `None` if `owner` has no such token.
+    /// revocation time stands). `None` if `owner` has no such token; else the token
+    /// and its secret's hash, for the caller to invalidate.
     #[tracing::instrument(skip_all, fields(token_id = %id))]
     pub async fn revoke(
         &self,
         owner: &Owner,
         id: &str,
         now: i64,
-    ) -> StoreResult<Option<TokenRecord>> {
+    ) -> StoreResult<Option<(TokenRecord, SecretHash)>> {
         const SQL: &str = concat!(
             "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) ",
             "WHERE id = $2 AND account = $3 AND subject = $4 RETURNING ",
-            columns!()
+            columns!(),
+            ", secret_hash"
         );
-        let row: Option<TokenRow> = on_pool!(self, pool => sqlx::query_as(SQL)
+        StoreStats::count(&self.stats.writes);
+        let row: Option<HashedTokenRow> = on_pool!(self, pool => sqlx::query_as(SQL)
             .bind(now)
             .bind(id)
             .bind(&owner.account)
             .bind(&owner.subject)
             .fetch_optional(pool)
             .await)?;
-        Ok(row.map(Into::into))
+        Ok(row.map(|row| (row.token.into(), row.secret_hash)))
     }
 
-    /// Deletes `owner`'s token; false if there was none.
+    /// Deletes `owner`'s token; its secret's hash if there was one.
     #[tracing::instrument(skip_all, fields(token_id = %id))]
-    pub async fn delete(&self, owner: &Owner, id: &str) -> StoreResult<bool> {
-        const SQL: &str = "DELETE FROM tokens WHERE id = $1 AND account = $2 AND subject = $3";
-        let result = on_pool!(self, pool => sqlx::query(SQL)
+    pub async fn delete(&self, owner: &Owner, id: &str) -> StoreResult<Option<SecretHash>> {
+        const SQL: &str = "DELETE FROM tokens WHERE id = $1 AND account = $2 AND subject = $3 RETURNING secret_hash";
+        StoreStats::count(&self.stats.writes);
+        let row: Option<(Vec<u8>,)> = on_pool!(self, pool => sqlx::query_as(SQL)
             .bind(id)
             .bind(&owner.account)
             .bind(&owner.subject)
+            .fetch_optional(pool)
+            .await)?;
+        row.map(|(bytes,)| SecretHash::try_from(bytes))
+            .transpose()
+            .map_err(|err| StoreError::Failed(sqlx::Error::Decode(Box::new(err))))
+    }
+
+    /// Revokes and deletes recorded after `since` (database clock, microseconds),
+    /// oldest first.
+    pub async fn changes_since(&self, since: i64) -> StoreResult<Vec<Change>> {
+        const SQL: &str = "SELECT seq, secret_hash, changed_at FROM token_changes \
+            WHERE changed_at > $1 ORDER BY changed_at";
+        let changes = on_pool!(self, pool => sqlx::query_as(SQL)
+            .bind(since)
+            .fetch_all(pool)
+            .await)?;
+        Ok(changes)
+    }
+
+    /// Forgets changes recorded before `before`.
+    pub async fn prune_changes(&self, before: i64) -> StoreResult<u64> {
+        const SQL: &str = "DELETE FROM token_changes WHERE changed_at < $1";
+        let pruned = on_pool!(self, pool => sqlx::query(SQL)
+            .bind(before)
             .execute(pool)
             .await
             .map(|done| done.rows_affected()))?;
-        Ok(result == 1)
+        Ok(pruned)
+    }
+
+    /// Writes `(seq, last used)` pairs; a stored later time is never overwritten.
+    #[tracing::instrument(skip_all, fields(count = uses.len()))]
+    pub async fn record_last_used(&self, uses: &[(i64, i64)]) -> StoreResult<()> {
+        on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            for chunk in uses.chunks(LAST_USED_ROWS_PER_STATEMENT) {
+                // Both backends name the columns of a VALUES list column1, column2.
+                let sql = format!(
+                    "UPDATE tokens SET last_used_at = v.column2 FROM (VALUES {}) AS v \
+                     WHERE tokens.seq = v.column1 \
+                     AND (tokens.last_used_at IS NULL OR tokens.last_used_at < v.column2)",
+                    values_list(chunk.len(), 2)
+                );
+                let mut query = sqlx::query(&sql);
+                for (seq, at) in chunk {
+                    query = query.bind(seq).bind(at);
+                }
+                StoreStats::count(&self.stats.writes);
+                query.execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        }
+        .await)?;
+        Ok(())
     }
 }
 

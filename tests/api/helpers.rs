@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use patd::clock;
 use patd::model::{Owner, TokenRecord, TokenSpec, parse_scopes};
+use patd::proto::IntrospectRequest;
 use patd::proto::introspection_service_client::IntrospectionServiceClient;
 use patd::proto::token_service_client::TokenServiceClient;
 use patd::server::{self, ServerSettings};
@@ -150,7 +151,16 @@ impl TestApp {
             .expect("store connects and migrates")
     }
 
-    pub async fn spawn(backend: Backend) -> Option<TestApp> {
+    /// Settings for tests: short intervals, so background work shows quickly.
+    pub fn settings() -> ServerSettings {
+        ServerSettings {
+            shutdown_grace: Duration::from_secs(5),
+            change_poll_interval: Duration::from_millis(100),
+            ..ServerSettings::default()
+        }
+    }
+
+    pub async fn spawn_with(backend: Backend, settings: ServerSettings) -> Option<TestApp> {
         capture_logs();
         let dir = tempfile::tempdir().unwrap();
         let database_url = Self::fresh_database(backend, &dir).await?;
@@ -158,10 +168,7 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let settings = ServerSettings {
-            token_format: TokenFormat::default(),
-            shutdown_grace: Duration::from_secs(5),
-        };
+        let format = settings.token_format.clone();
         let server = tokio::spawn(server::run(settings, store.clone(), listener, async {
             let _ = shutdown_rx.await;
         }));
@@ -169,7 +176,7 @@ impl TestApp {
             backend,
             addr,
             store,
-            format: TokenFormat::default(),
+            format,
             database_url,
             shutdown: Some(shutdown),
             server: Some(server),
@@ -220,6 +227,28 @@ impl TestApp {
         let mut scopes = vec!["personalAccessToken:write"];
         scopes.extend_from_slice(extra);
         self.mint((subject, "acme"), &scopes, None).await.0
+    }
+
+    /// Whether Introspect calls `secret` active.
+    pub async fn is_active(&self, secret: &str) -> bool {
+        let request = IntrospectRequest {
+            token: secret.to_owned(),
+            required_scopes: vec![],
+        };
+        let answer = self.introspection().await.introspect(request).await;
+        answer.expect("introspection answers").into_inner().active
+    }
+
+    /// Polls until Introspect calls `secret` inactive; panics after 3 s.
+    pub async fn wait_until_inactive(&self, secret: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while self.is_active(secret).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "token still active after 3 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops the server the way SIGTERM does and waits for it to finish.
@@ -293,16 +322,20 @@ pub fn authed<T>(secret: &str, message: T) -> Request<T> {
     request
 }
 
-/// Runs each listed test function once per backend:
-/// `sqlite::NAME` and `postgres::NAME`.
+/// Runs each listed test function once per backend, as `sqlite::NAME` and
+/// `postgres::NAME`; `NAME with SETTINGS` starts the server with `SETTINGS()`
+/// instead of [`TestApp::settings`].
 #[macro_export]
 macro_rules! backend_tests {
-    ($($name:ident),+ $(,)?) => {
+    (@settings) => { $crate::helpers::TestApp::settings() };
+    (@settings $settings:ident) => { super::$settings() };
+    ($($name:ident $(with $settings:ident)?),+ $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let app = $crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite).await;
+                    let settings = $crate::backend_tests!(@settings $($settings)?);
+                    let app = $crate::helpers::TestApp::spawn_with($crate::helpers::Backend::Sqlite, settings).await;
                     super::$name(app.expect("SQLite is always available")).await;
                 }
             )+
@@ -311,7 +344,8 @@ macro_rules! backend_tests {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    if let Some(app) = $crate::helpers::TestApp::spawn($crate::helpers::Backend::Postgres).await {
+                    let settings = $crate::backend_tests!(@settings $($settings)?);
+                    if let Some(app) = $crate::helpers::TestApp::spawn_with($crate::helpers::Backend::Postgres, settings).await {
                         super::$name(app).await;
                     }
                 }

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod cache;
 mod cli;
 mod introspection;
 mod logs;

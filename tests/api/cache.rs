@@ -1,0 +1,225 @@
+//! Introspect from memory without ever answering from stale state: what reaches
+//! storage, how changes invalidate, and last_used_at written behind.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use patd::clock;
+use patd::proto::{
+    DeleteTokenRequest, GetTokenRequest, IntrospectRequest, IntrospectResponse, RevokeTokenRequest,
+};
+use patd::server::ServerSettings;
+
+use crate::backend_tests;
+use crate::helpers::{TestApp, authed};
+
+async fn introspect(app: &TestApp, token: &str) -> IntrospectResponse {
+    let request = IntrospectRequest {
+        token: token.to_owned(),
+        required_scopes: vec![],
+    };
+    app.introspection()
+        .await
+        .introspect(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn lookups(app: &TestApp) -> u64 {
+    app.store.stats().hash_lookups.load(Ordering::Relaxed)
+}
+
+fn writes(app: &TestApp) -> u64 {
+    app.store.stats().writes.load(Ordering::Relaxed)
+}
+
+async fn repeated_introspection_reads_storage_once_and_writes_nothing(app: TestApp) {
+    let (secret, _) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    let unknown = app.format.generate().expose().to_owned();
+    let (lookups_before, writes_before) = (lookups(&app), writes(&app));
+    for _ in 0..50 {
+        assert!(introspect(&app, &secret).await.active);
+        assert!(!introspect(&app, &unknown).await.active);
+        assert!(!introspect(&app, "patd_junk").await.active);
+    }
+    assert_eq!(
+        lookups(&app) - lookups_before,
+        2,
+        "one lookup for the token, one for the unknown secret, none for junk"
+    );
+    assert_eq!(writes(&app), writes_before, "no write per Introspect");
+}
+
+async fn revoke_and_delete_take_effect_on_the_next_call_with_a_warm_cache(app: TestApp) {
+    let manager = app.manager("alice", &["tag:read"]).await;
+    let (revoked, revoked_record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    let (deleted, deleted_record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    assert!(introspect(&app, &revoked).await.active);
+    assert!(introspect(&app, &deleted).await.active);
+    let mut tokens = app.tokens().await;
+    tokens
+        .revoke_token(authed(
+            &manager,
+            RevokeTokenRequest {
+                id: revoked_record.id,
+            },
+        ))
+        .await
+        .unwrap();
+    tokens
+        .delete_token(authed(
+            &manager,
+            DeleteTokenRequest {
+                id: deleted_record.id,
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        introspect(&app, &revoked).await,
+        IntrospectResponse::default()
+    );
+    assert_eq!(
+        introspect(&app, &deleted).await,
+        IntrospectResponse::default()
+    );
+}
+
+async fn changes_by_other_processes_arrive_within_the_poll_interval(app: TestApp) {
+    let (revoked, revoked_record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    let (deleted, deleted_record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    assert!(introspect(&app, &revoked).await.active);
+    assert!(introspect(&app, &deleted).await.active);
+    // Another process (the operator CLI, another replica) on the same database.
+    let other = TestApp::connect_store(&app.database_url).await;
+    let changed = Instant::now();
+    other
+        .revoke(
+            &revoked_record.owner,
+            &revoked_record.id,
+            clock::now_micros(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    other
+        .delete(&deleted_record.owner, &deleted_record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    for secret in [&revoked, &deleted] {
+        app.wait_until_inactive(secret).await;
+    }
+    // Poll interval is 100 ms in tests; allow for a loaded machine.
+    assert!(
+        changed.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        changed.elapsed()
+    );
+}
+
+async fn expiry_takes_effect_at_its_instant_whatever_the_cache_holds(app: TestApp) {
+    let expires_at = clock::now_micros() + 700_000;
+    let (secret, _) = app
+        .mint(("alice", "acme"), &["tag:read"], Some(expires_at))
+        .await;
+    assert!(
+        introspect(&app, &secret).await.active,
+        "cached while active"
+    );
+    while clock::now_micros() < expires_at - 50_000 {
+        assert!(introspect(&app, &secret).await.active);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_micros(
+        (expires_at - clock::now_micros()).max(0) as u64,
+    ))
+    .await;
+    assert!(
+        !introspect(&app, &secret).await.active,
+        "inactive from expires_at on"
+    );
+}
+
+fn short_flush_interval() -> ServerSettings {
+    ServerSettings {
+        last_used_interval: Duration::from_millis(300),
+        ..TestApp::settings()
+    }
+}
+
+fn long_flush_interval() -> ServerSettings {
+    ServerSettings {
+        last_used_interval: Duration::from_secs(3600),
+        ..TestApp::settings()
+    }
+}
+
+async fn last_used_at_is_written_behind_once_per_interval(app: TestApp) {
+    let manager = app.manager("alice", &["tag:read"]).await;
+    let (secret, record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    let get = |id: String| authed(&manager, GetTokenRequest { id });
+    let mut tokens = app.tokens().await;
+    let before = tokens
+        .get_token(get(record.id.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(before.last_used_at.is_none(), "never used yet");
+
+    let used_at = clock::now_micros();
+    let writes_before = writes(&app);
+    for _ in 0..20 {
+        introspect(&app, &secret).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let last_used = loop {
+        let token = tokens
+            .get_token(get(record.id.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(at) = token.last_used_at {
+            break clock::from_timestamp(&at).unwrap();
+        }
+        assert!(Instant::now() < deadline, "last_used_at never written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        (last_used - used_at).abs() < 2_000_000,
+        "last used {last_used}, used at {used_at}"
+    );
+    // 20 uses of this token and the manager's own calls: one flush statement per
+    // interval, not one write per call.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let flushes = writes(&app) - writes_before;
+    assert!((1..=3).contains(&flushes), "{flushes} writes for 20+ uses");
+}
+
+async fn last_used_at_is_flushed_on_graceful_shutdown(app: TestApp) {
+    let (secret, record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    introspect(&app, &secret).await;
+    let reader = TestApp::connect_store(&app.database_url).await;
+    assert!(
+        reader
+            .find_by_id(&record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at
+            .is_none()
+    );
+    app.stop().await.unwrap();
+    let stored = reader.find_by_id(&record.id).await.unwrap().unwrap();
+    assert!(stored.last_used_at.is_some(), "flushed before exit");
+}
+
+backend_tests!(
+    repeated_introspection_reads_storage_once_and_writes_nothing,
+    revoke_and_delete_take_effect_on_the_next_call_with_a_warm_cache,
+    changes_by_other_processes_arrive_within_the_poll_interval,
+    expiry_takes_effect_at_its_instant_whatever_the_cache_holds,
+    last_used_at_is_written_behind_once_per_interval with short_flush_interval,
+    last_used_at_is_flushed_on_graceful_shutdown with long_flush_interval,
+);
