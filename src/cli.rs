@@ -10,11 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use crate::bench::{self, BenchArgs};
 use crate::clock;
 use crate::config::{Config, Overrides};
 use crate::model::{Owner, TokenRecord, TokenSpec, parse_scopes};
 use crate::server;
-use crate::store::{Cursor, Store};
+use crate::store::{Cursor, DatabaseUrl, Store};
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
@@ -61,6 +62,9 @@ enum Command {
     /// Operator commands working directly on the database, bypassing the API
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Load-test Introspect against Health/Check (seeds its own database,
+    /// sqlite://patd-bench.db unless --database-url is given)
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +171,10 @@ pub async fn run(cli: Cli) -> CliResult {
             store.close().await;
             eprintln!("migrations applied to {}", config.database_url.redacted());
             Ok(())
+        }
+        Command::Bench(args) => {
+            let url = cli.global.database_url.clone().map(DatabaseUrl::new);
+            bench::run(args, url, config.token_format().clone()).await
         }
         Command::Token(command) => {
             let store = Store::connect(&config.store_options(), true).await?;

@@ -113,6 +113,8 @@ impl fmt::Display for UnknownScopes {
     }
 }
 
+impl std::error::Error for UnknownScopes {}
+
 /// Quotes user input for an error message, cut to a readable length.
 fn quoted(input: &str) -> String {
     const MAX_CHARS: usize = 64;

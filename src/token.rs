@@ -149,7 +149,13 @@ impl TokenFormat {
 
     /// A fresh secret from the OS CSPRNG.
     pub fn generate(&self) -> Secret {
-        let random = random_base62(RANDOM_CHARS);
+        self.compose(&random_base62(RANDOM_CHARS))
+    }
+
+    /// The secret whose random part is `random` (43 base62 characters). Only
+    /// [`TokenFormat::generate`] and deterministic benchmark fixtures call this.
+    pub fn compose(&self, random: &str) -> Secret {
+        debug_assert_eq!(random.len(), RANDOM_CHARS);
         let checksum = base62_fixed(crc32fast::hash(random.as_bytes()), CHECKSUM_CHARS);
         Secret(format!("{}{random}{checksum}", self.prefix))
     }
@@ -186,13 +192,20 @@ pub fn is_valid_id(id: &str) -> bool {
     id.len() == ID_CHARS && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// `len` uniformly distributed base62 characters. Bytes of 248 or more are
-/// rejected so that `byte % 62` has no bias (248 = 4 * 62).
+/// `len` uniformly distributed base62 characters from the OS CSPRNG.
 fn random_base62(len: usize) -> String {
+    base62_from(len, |buf| {
+        getrandom::fill(buf).expect("the OS random number generator failed")
+    })
+}
+
+/// `len` base62 characters drawn from the bytes `fill` supplies. Bytes of 248 or
+/// more are rejected so that `byte % 62` has no bias (248 = 4 * 62).
+pub fn base62_from(len: usize, mut fill: impl FnMut(&mut [u8])) -> String {
     let mut out = String::with_capacity(len);
     let mut buf = [0u8; 64];
     while out.len() < len {
-        getrandom::fill(&mut buf).expect("the OS random number generator failed");
+        fill(&mut buf);
         for &byte in buf.iter().filter(|&&b| b < 248) {
             if out.len() == len {
                 break;

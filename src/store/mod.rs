@@ -278,7 +278,7 @@ macro_rules! select {
     };
 }
 
-/// `INSERT ... VALUES` rows per statement: 9 parameters each stays well inside
+/// `INSERT ... VALUES` rows per statement: 10 parameters each stays well inside
 /// both backends' parameter limits.
 const INSERT_ROWS_PER_STATEMENT: usize = 500;
 /// `last_used_at` updates per statement (2 parameters each).
@@ -360,11 +360,11 @@ impl Store {
     #[tracing::instrument(skip_all, fields(count = tokens.len()))]
     pub async fn insert_many(&self, tokens: &[NewToken]) -> StoreResult<()> {
         const COLUMNS: &str = "INSERT INTO tokens (id, secret_hash, name, subject, account, \
-            scopes, hint, created_at, expires_at) VALUES ";
+            scopes, hint, created_at, expires_at, revoked_at) VALUES ";
         on_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
             for chunk in tokens.chunks(INSERT_ROWS_PER_STATEMENT) {
-                let sql = format!("{COLUMNS}{}", values_list(chunk.len(), 9));
+                let sql = format!("{COLUMNS}{}", values_list(chunk.len(), 10));
                 let mut query = sqlx::query(&sql);
                 for new in chunk {
                     let token = &new.record;
@@ -377,7 +377,8 @@ impl Store {
                         .bind(token.scopes.to_stored())
                         .bind(&token.hint)
                         .bind(token.created_at)
-                        .bind(token.expires_at);
+                        .bind(token.expires_at)
+                        .bind(token.revoked_at);
                 }
                 StoreStats::count(&self.stats.writes);
                 query.execute(&mut *tx).await?;
@@ -408,6 +409,14 @@ impl Store {
                 seq: row.token.seq,
                 record: row.token.into(),
             }))
+    }
+
+    /// How many tokens `account` has, in any state.
+    pub async fn count_in_account(&self, account: &str) -> StoreResult<i64> {
+        const SQL: &str = "SELECT COUNT(*) FROM tokens WHERE account = $1";
+        let (count,): (i64,) =
+            on_pool!(self, pool => sqlx::query_as(SQL).bind(account).fetch_one(pool).await)?;
+        Ok(count)
     }
 
     /// Any owner's token by id: for operators only.

@@ -1,0 +1,613 @@
+//! `patd bench`: seeds a database with deterministic tokens, starts `patd serve`
+//! on it (or targets a running server), and drives `Introspect` with several mixes
+//! of tokens and `grpc.health.v1.Health/Check` (the wire ceiling) with a lean
+//! HTTP/2 client, reporting throughput, latency, errors, the Introspect/Check
+//! ratio and the server's CPU per call and memory.
+//!
+//! The client is raw `h2` with pre-encoded gRPC frames: a tonic client costs more
+//! CPU per call than the server does, and here they share two cores.
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+
+use crate::clock;
+use crate::model::{NewToken, Owner, TokenRecord};
+use crate::proto::{IntrospectRequest, IntrospectResponse};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use crate::scope::ScopeSet;
+use crate::store::{DatabaseUrl, Store, StoreOptions};
+use crate::token::{base62_from, generate_id, SecretHash, TokenFormat, RANDOM_CHARS};
+
+const BENCH_ACCOUNT: &str = "bench";
+const DEFAULT_DATABASE: &str = "sqlite://patd-bench.db";
+const INTROSPECT_PATH: &str = "/pat.v1.IntrospectionService/Introspect";
+const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
+/// Every tenth seeded token is revoked.
+const REVOKED_EVERY: u64 = 10;
+const UNKNOWN_SET: u64 = 10_000;
+const SEED_BATCH: u64 = 5_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mix {
+    /// A small working set of active tokens (`--hot-set`)
+    Hot,
+    /// Active tokens drawn uniformly from all seeded tokens
+    Cold,
+    /// Malformed tokens and wrong checksums: must never reach storage
+    Junk,
+    /// Well-formed tokens that were never issued (a set of 10,000)
+    Unknown,
+    /// Revoked tokens drawn uniformly from all revoked ones
+    Revoked,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Benchmark a running server instead of starting one (it must serve the
+    /// database given by --database-url, seeded by an earlier run)
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Server process id, for CPU and memory figures with --addr
+    #[arg(long, requires = "addr")]
+    server_pid: Option<u32>,
+    /// Tokens to seed [default: 1000000, or 10000 with --quick]
+    #[arg(long)]
+    tokens: Option<u64>,
+    /// A short run: 10,000 tokens, 3 s per mix
+    #[arg(long)]
+    quick: bool,
+    /// Mixes to drive, comma-separated
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "hot,cold,junk,unknown,revoked")]
+    mix: Vec<Mix>,
+    /// Concurrent callers
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// HTTP/2 connections the callers share
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Measured time per mix [default: 10s, or 3s with --quick]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Unmeasured time before each mix
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    warmup: Duration,
+    /// Active tokens in the hot mix
+    #[arg(long, default_value_t = 1_000)]
+    hot_set: u64,
+    /// Whole runs (Check and every mix); medians are printed when more than one
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Arguments for the `patd serve` the benchmark starts, after `--`
+    #[arg(last = true)]
+    serve_args: Vec<String>,
+}
+
+/// Deterministic bench tokens: the random part of token `i` comes from a keyed
+/// BLAKE3 stream, so any run can rebuild the secrets of a seeded database.
+struct Fixture {
+    format: TokenFormat,
+    key: [u8; 32],
+}
+
+impl Fixture {
+    fn new(format: TokenFormat, purpose: &str) -> Fixture {
+        Fixture {
+            format,
+            key: blake3::derive_key("patd bench fixture v1", purpose.as_bytes()),
+        }
+    }
+
+    fn secret(&self, index: u64) -> String {
+        let mut reader = blake3::Hasher::new_keyed(&self.key)
+            .update(&index.to_le_bytes())
+            .finalize_xof();
+        let random = base62_from(RANDOM_CHARS, |buf| reader.fill(buf));
+        self.format.compose(&random).expose().to_owned()
+    }
+}
+
+fn is_revoked(index: u64) -> bool {
+    index % REVOKED_EVERY == REVOKED_EVERY - 1
+}
+
+/// The `n`-th active (not revoked) index.
+fn active_index(n: u64) -> u64 {
+    n / (REVOKED_EVERY - 1) * REVOKED_EVERY + n % (REVOKED_EVERY - 1)
+}
+
+fn bench_token(fixture: &Fixture, index: u64, scopes: ScopeSet, now: i64) -> NewToken {
+    let secret = fixture.secret(index);
+    let hint = format!("{}...{}", fixture.format.prefix(), &secret[secret.len() - 4..]);
+    NewToken {
+        secret_hash: SecretHash::of(&secret),
+        record: TokenRecord {
+            id: generate_id(),
+            name: format!("bench-{index}"),
+            owner: Owner {
+                subject: format!("user-{}", index % 1_000),
+                account: BENCH_ACCOUNT.to_owned(),
+            },
+            scopes,
+            hint,
+            created_at: now,
+            expires_at: None,
+            revoked_at: is_revoked(index).then_some(now),
+            last_used_at: None,
+        },
+    }
+}
+
+/// Seeds tokens `existing..tokens` (earlier runs seeded the ones before).
+async fn seed(store: &Store, fixture: &Fixture, tokens: u64) -> Result<(), Box<dyn Error>> {
+    let existing = store.count_in_account(BENCH_ACCOUNT).await? as u64;
+    if existing >= tokens {
+        eprintln!("seed: {existing} bench tokens already stored");
+        return Ok(());
+    }
+    let scopes = ScopeSet::parse(["license:read", "product:read", "user:read"])?;
+    let started = Instant::now();
+    let mut next = existing;
+    while next < tokens {
+        let end = (next + SEED_BATCH).min(tokens);
+        let now = clock::now_micros();
+        let batch: Vec<NewToken> = (next..end)
+            .map(|index| bench_token(fixture, index, scopes, now))
+            .collect();
+        store.insert_many(&batch).await?;
+        next = end;
+        if next % 100_000 == 0 || next == tokens {
+            eprintln!("seed: {next}/{tokens} tokens ({:.1?})", started.elapsed());
+        }
+    }
+    Ok(())
+}
+
+/// A pseudo-random sequence for choosing tokens (xorshift64*; not for secrets).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound.max(1)
+    }
+}
+
+/// What a call's answer must say.
+#[derive(Clone, Copy)]
+enum Expect {
+    Active(bool),
+    Serving,
+}
+
+/// One call: the pre-encoded gRPC frame and the answer it must get.
+#[derive(Clone)]
+struct Call {
+    frame: Bytes,
+    expect: Expect,
+}
+
+fn grpc_frame(message: &impl Message) -> Bytes {
+    let mut frame = BytesMut::with_capacity(5 + message.encoded_len());
+    frame.put_u8(0);
+    frame.put_u32(message.encoded_len() as u32);
+    message.encode(&mut frame).expect("BytesMut grows");
+    frame.freeze()
+}
+
+fn introspect_call(token: String, active: bool) -> Call {
+    Call {
+        frame: grpc_frame(&IntrospectRequest {
+            token,
+            required_scopes: vec!["license:read".to_owned()],
+        }),
+        expect: Expect::Active(active),
+    }
+}
+
+/// Pre-built calls for `mix`, drawn from at random: the hot set, every active
+/// token (cold), every revoked token, 10,000 never-issued tokens, or 1,000 junk.
+fn calls_for(mix: Mix, fixture: &Fixture, unknown: &Fixture, tokens: u64, hot_set: u64) -> Vec<Call> {
+    let active = tokens - tokens / REVOKED_EVERY;
+    match mix {
+        Mix::Hot => (0..hot_set.min(active))
+            .map(|n| introspect_call(fixture.secret(active_index(n)), true))
+            .collect(),
+        Mix::Cold => (0..active)
+            .map(|n| introspect_call(fixture.secret(active_index(n)), true))
+            .collect(),
+        Mix::Revoked => (0..tokens / REVOKED_EVERY)
+            .map(|n| introspect_call(fixture.secret(n * REVOKED_EVERY + REVOKED_EVERY - 1), false))
+            .collect(),
+        Mix::Unknown => (0..UNKNOWN_SET)
+            .map(|index| introspect_call(unknown.secret(index), false))
+            .collect(),
+        Mix::Junk => (0..1_000u64)
+            .map(|index| {
+                let valid = fixture.secret(index);
+                let junk = match index % 5 {
+                    // A different last character: the checksum no longer matches.
+                    0 => {
+                        let last = if valid.ends_with('x') { "y" } else { "x" };
+                        format!("{}{last}", &valid[..valid.len() - 1])
+                    }
+                    1 => valid.replacen(fixture.format.prefix(), "ghp_", 1),
+                    2 => valid[..20].to_owned(),
+                    3 => String::new(),
+                    _ => "y".repeat(1_024),
+                };
+                introspect_call(junk, false)
+            })
+            .collect(),
+    }
+}
+
+fn check_calls() -> Vec<Call> {
+    let request = HealthCheckRequest { service: String::new() };
+    vec![Call {
+        frame: grpc_frame(&request),
+        expect: Expect::Serving,
+    }]
+}
+
+#[derive(Default)]
+struct LoadResult {
+    ok: u64,
+    errors: u64,
+    /// Answers that contradict the fixture (e.g. a revoked token active).
+    wrong: u64,
+    latencies_ns: Vec<u64>,
+    elapsed: Duration,
+}
+
+impl LoadResult {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_us(&self, fraction: f64) -> f64 {
+        if self.latencies_ns.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((self.latencies_ns.len() as f64 * fraction).ceil() as usize).max(1);
+        self.latencies_ns[rank.min(self.latencies_ns.len()) - 1] as f64 / 1_000.0
+    }
+}
+
+type SendRequest = h2::client::SendRequest<Bytes>;
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest, Box<dyn Error + Send + Sync>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(1 << 24)
+        .handshake(tcp)
+        .await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(send)
+}
+
+/// One gRPC unary call; `Ok(true)` when the answer is what the call expects.
+async fn unary(
+    send: &SendRequest,
+    uri: &http::Uri,
+    call: &Call,
+) -> Result<bool, Box<dyn Error + Send + Sync>> {
+    let request = http::Request::post(uri.clone())
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())?;
+    let mut send = send.clone().ready().await?;
+    let (response, mut stream) = send.send_request(request, false)?;
+    stream.send_data(call.frame.clone(), true)?;
+    let response = response.await?;
+    let (parts, mut body) = response.into_parts();
+    let mut message = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        body.flow_control().release_capacity(chunk.len())?;
+        message.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await?;
+    let status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| parts.headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("missing");
+    if status != "0" {
+        return Err(format!("grpc-status {status}").into());
+    }
+    let message = message.get(5..).unwrap_or_default();
+    Ok(match call.expect {
+        Expect::Active(expected) => IntrospectResponse::decode(message)?.active == expected,
+        Expect::Serving => {
+            HealthCheckResponse::decode(message)?.status() == ServingStatus::Serving
+        }
+    })
+}
+
+/// Drives `calls` at `path` with `concurrency` callers on `connections` HTTP/2
+/// connections, on one thread of its own (a current-thread runtime spends the
+/// least CPU per call, which the server needs more).
+fn drive(
+    addr: SocketAddr,
+    path: &str,
+    calls: Arc<Vec<Call>>,
+    args: &BenchArgs,
+    duration: Duration,
+) -> Result<LoadResult, Box<dyn Error>> {
+    let uri: http::Uri = format!("http://{addr}{path}").parse()?;
+    let (concurrency, connections, warmup) = (args.concurrency, args.connections.max(1), args.warmup);
+    let worker = std::thread::spawn(move || -> Result<LoadResult, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async move {
+            let mut senders = Vec::new();
+            for _ in 0..connections {
+                senders.push(connect(addr).await.map_err(|e| e.to_string())?);
+            }
+            let measure_from = Instant::now() + warmup;
+            let end = measure_from + duration;
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|caller| {
+                    let send = senders[caller % connections].clone();
+                    let (uri, calls) = (uri.clone(), calls.clone());
+                    tokio::spawn(async move {
+                        let mut result = LoadResult::default();
+                        let mut rng = Rng(0x1234_5678 + caller as u64 * 0x9E37);
+                        loop {
+                            let started = Instant::now();
+                            if started >= end {
+                                break;
+                            }
+                            let call = &calls[rng.below(calls.len() as u64) as usize];
+                            let outcome = unary(&send, &uri, call).await;
+                            if started < measure_from {
+                                continue;
+                            }
+                            match outcome {
+                                Ok(right) => {
+                                    result.ok += 1;
+                                    result.wrong += u64::from(!right);
+                                    result.latencies_ns.push(started.elapsed().as_nanos() as u64);
+                                }
+                                Err(_) => result.errors += 1,
+                            }
+                        }
+                        result
+                    })
+                })
+                .collect();
+            let mut total = LoadResult::default();
+            for task in tasks {
+                let part = task.await.map_err(|e| e.to_string())?;
+                total.ok += part.ok;
+                total.errors += part.errors;
+                total.wrong += part.wrong;
+                total.latencies_ns.extend(part.latencies_ns);
+            }
+            total.elapsed = duration;
+            total.latencies_ns.sort_unstable();
+            Ok(total)
+        })
+    });
+    Ok(worker.join().map_err(|_| "load thread panicked")??)
+}
+
+/// CPU time (µs) and resident memory (bytes) of a process, from /proc.
+fn process_usage(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces), 1-based from 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    // Linux reports in clock ticks of 1/100 s and pages of 4 KiB on x86_64.
+    Some((ticks * 10_000, rss_pages * 4_096))
+}
+
+struct Row {
+    name: String,
+    result: LoadResult,
+    cpu_us_per_call: Option<f64>,
+    rss_mb: Option<f64>,
+}
+
+fn print_rows(title: &str, rows: &[Row], check_rate: f64) {
+    println!("\n{title}");
+    println!("| load | calls/s | p50 µs | p99 µs | p99.9 µs | errors | wrong | ×Check | server CPU µs/call | server RSS MB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        let r = &row.result;
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {:.2} | {} | {} |",
+            row.name,
+            r.rate(),
+            r.percentile_us(0.50),
+            r.percentile_us(0.99),
+            r.percentile_us(0.999),
+            r.errors,
+            r.wrong,
+            r.rate() / check_rate,
+            row.cpu_us_per_call.map_or("n/a".to_owned(), |v| format!("{v:.1}")),
+            row.rss_mb.map_or("n/a".to_owned(), |v| format!("{v:.0}")),
+        );
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Starts `patd serve` on a free port and waits for SERVING.
+async fn start_server(
+    database_url: &DatabaseUrl,
+    serve_args: &[String],
+) -> Result<(Child, SocketAddr, Duration), Box<dyn Error>> {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let started = Instant::now();
+    let child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--listen", &addr.to_string(), "--log", "warn"])
+        .arg("--database-url")
+        .arg(database_url.expose())
+        .args(serve_args)
+        .spawn()?;
+    let uri: http::Uri = format!("http://{addr}{CHECK_PATH}").parse()?;
+    let check = &check_calls()[0];
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Ok(send) = connect(addr).await
+            && let Ok(true) = unary(&send, &uri, check).await
+        {
+            return Ok((child, addr, started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err("the server did not report SERVING within 60 s".into())
+}
+
+pub async fn run(args: BenchArgs, database_url: Option<DatabaseUrl>, format: TokenFormat) -> Result<(), Box<dyn Error>> {
+    let database_url = database_url.unwrap_or_else(|| DatabaseUrl::new(DEFAULT_DATABASE));
+    let tokens = args.tokens.unwrap_or(if args.quick { 10_000 } else { 1_000_000 });
+    let duration = args.duration.unwrap_or(Duration::from_secs(if args.quick { 3 } else { 10 }));
+    let fixture = Fixture::new(format.clone(), "issued");
+    let unknown = Fixture::new(format, "never issued");
+
+    let options = StoreOptions {
+        url: database_url.clone(),
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(30),
+    };
+    let store = Store::connect(&options, true).await?;
+    seed(&store, &fixture, tokens).await?;
+    store.close().await;
+
+    let (mut child, addr, pid, startup) = match args.addr {
+        Some(addr) => (None, addr, args.server_pid, None),
+        None => {
+            let (child, addr, startup) = start_server(&database_url, &args.serve_args).await?;
+            let pid = child.id();
+            (Some(child), addr, Some(pid), Some(startup))
+        }
+    };
+    println!(
+        "patd bench: {} on {addr}, {tokens} tokens, {} callers on {} connections, {duration:?} per load after {:?} warm-up",
+        database_url.redacted(),
+        args.concurrency,
+        args.connections,
+        args.warmup
+    );
+    if let Some(startup) = startup {
+        println!("server: SERVING {startup:.2?} after start");
+    }
+
+    let mut loads: Vec<(String, &str, Arc<Vec<Call>>)> = vec![("Health/Check".to_owned(), CHECK_PATH, Arc::new(check_calls()))];
+    for mix in &args.mix {
+        let calls = calls_for(*mix, &fixture, &unknown, tokens, args.hot_set);
+        loads.push((format!("Introspect {mix:?}").to_lowercase(), INTROSPECT_PATH, Arc::new(calls)));
+    }
+
+    let mut runs: Vec<Vec<Row>> = Vec::new();
+    for run in 1..=args.runs.max(1) {
+        let mut rows = Vec::new();
+        for (name, path, calls) in &loads {
+            let before = pid.and_then(process_usage);
+            let result = drive(addr, path, calls.clone(), &args, duration)?;
+            let after = pid.and_then(process_usage);
+            let (cpu_us_per_call, rss_mb) = match (before, after) {
+                (Some((cpu_before, _)), Some((cpu_after, rss))) => {
+                    // The warm-up's calls are not counted, so scale CPU to the
+                    // measured window.
+                    let total = duration + args.warmup;
+                    let measured = (cpu_after - cpu_before) as f64 * duration.as_secs_f64() / total.as_secs_f64();
+                    (Some(measured / result.ok.max(1) as f64), Some(rss as f64 / 1e6))
+                }
+                _ => (None, None),
+            };
+            rows.push(Row { name: name.clone(), result, cpu_us_per_call, rss_mb });
+        }
+        let check_rate = rows[0].result.rate();
+        print_rows(&format!("run {run}"), &rows, check_rate);
+        runs.push(rows);
+    }
+
+    if runs.len() > 1 {
+        println!("\nmedians of {} runs (×Check: median of the per-run ratios)", runs.len());
+        println!("| load | calls/s | p50 µs | p99 µs | p99.9 µs | ×Check |");
+        println!("|---|---|---|---|---|---|");
+        for (i, (name, _, _)) in loads.iter().enumerate() {
+            let of = |f: &dyn Fn(&Row, &Row) -> f64| median(runs.iter().map(|rows| f(&rows[i], &rows[0])).collect());
+            println!(
+                "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+                of(&|r, _| r.result.rate()),
+                of(&|r, _| r.result.percentile_us(0.50)),
+                of(&|r, _| r.result.percentile_us(0.99)),
+                of(&|r, _| r.result.percentile_us(0.999)),
+                of(&|r, check| r.result.rate() / check.result.rate()),
+            );
+        }
+    }
+
+    if let Some(child) = child.as_mut() {
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        child.wait()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixture_secrets_are_deterministic_and_well_formed() {
+        let format = TokenFormat::default();
+        let fixture = Fixture::new(format.clone(), "issued");
+        let other = Fixture::new(format.clone(), "never issued");
+        assert_eq!(fixture.secret(7), fixture.secret(7));
+        assert_ne!(fixture.secret(7), fixture.secret(8));
+        assert_ne!(fixture.secret(7), other.secret(7));
+        assert!(format.parse(&fixture.secret(123_456)).is_some());
+    }
+
+    #[test]
+    fn active_indices_skip_the_revoked_ones() {
+        let active: Vec<u64> = (0..20).map(active_index).collect();
+        assert!(active.iter().all(|&i| !is_revoked(i)));
+        assert_eq!(&active[..10], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 10]);
+        let mut distinct = active.clone();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 20);
+    }
+
+    #[test]
+    fn percentiles_come_from_sorted_latencies() {
+        let result = LoadResult {
+            ok: 1_000,
+            latencies_ns: (1..=1_000).map(|us| us * 1_000).collect(),
+            elapsed: Duration::from_secs(1),
+            ..LoadResult::default()
+        };
+        assert_eq!(result.percentile_us(0.50), 500.0);
+        assert_eq!(result.percentile_us(0.99), 990.0);
+        assert_eq!(result.percentile_us(0.999), 999.0);
+        assert_eq!(result.rate(), 1_000.0);
+    }
+}
