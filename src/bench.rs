@@ -19,11 +19,11 @@ use prost::Message;
 use crate::clock;
 use crate::model::{NewToken, Owner, TokenRecord};
 use crate::proto::{IntrospectRequest, IntrospectResponse};
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use crate::scope::ScopeSet;
 use crate::store::{DatabaseUrl, Store, StoreOptions};
-use crate::token::{base62_from, generate_id, SecretHash, TokenFormat, RANDOM_CHARS};
+use crate::token::{RANDOM_CHARS, SecretHash, TokenFormat, base62_from, generate_id};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 const BENCH_ACCOUNT: &str = "bench";
 const DEFAULT_DATABASE: &str = "sqlite://patd-bench.db";
@@ -64,7 +64,12 @@ pub struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Mixes to drive, comma-separated
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "hot,cold,junk,unknown,revoked")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "hot,cold,junk,unknown,revoked"
+    )]
     mix: Vec<Mix>,
     /// Concurrent callers
     #[arg(long, default_value_t = 16)]
@@ -124,7 +129,11 @@ fn active_index(n: u64) -> u64 {
 
 fn bench_token(fixture: &Fixture, index: u64, scopes: ScopeSet, now: i64) -> NewToken {
     let secret = fixture.secret(index);
-    let hint = format!("{}...{}", fixture.format.prefix(), &secret[secret.len() - 4..]);
+    let hint = format!(
+        "{}...{}",
+        fixture.format.prefix(),
+        &secret[secret.len() - 4..]
+    );
     NewToken {
         secret_hash: SecretHash::of(&secret),
         record: TokenRecord {
@@ -219,7 +228,13 @@ fn introspect_call(token: String, active: bool) -> Call {
 
 /// Pre-built calls for `mix`, drawn from at random: the hot set, every active
 /// token (cold), every revoked token, 10,000 never-issued tokens, or 1,000 junk.
-fn calls_for(mix: Mix, fixture: &Fixture, unknown: &Fixture, tokens: u64, hot_set: u64) -> Vec<Call> {
+fn calls_for(
+    mix: Mix,
+    fixture: &Fixture,
+    unknown: &Fixture,
+    tokens: u64,
+    hot_set: u64,
+) -> Vec<Call> {
     let active = tokens - tokens / REVOKED_EVERY;
     match mix {
         Mix::Hot => (0..hot_set.min(active))
@@ -255,7 +270,9 @@ fn calls_for(mix: Mix, fixture: &Fixture, unknown: &Fixture, tokens: u64, hot_se
 }
 
 fn check_calls() -> Vec<Call> {
-    let request = HealthCheckRequest { service: String::new() };
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
     vec![Call {
         frame: grpc_frame(&request),
         expect: Expect::Serving,
@@ -336,9 +353,7 @@ async fn unary(
     let message = message.get(5..).unwrap_or_default();
     Ok(match call.expect {
         Expect::Active(expected) => IntrospectResponse::decode(message)?.active == expected,
-        Expect::Serving => {
-            HealthCheckResponse::decode(message)?.status() == ServingStatus::Serving
-        }
+        Expect::Serving => HealthCheckResponse::decode(message)?.status() == ServingStatus::Serving,
     })
 }
 
@@ -353,7 +368,8 @@ fn drive(
     duration: Duration,
 ) -> Result<LoadResult, Box<dyn Error>> {
     let uri: http::Uri = format!("http://{addr}{path}").parse()?;
-    let (concurrency, connections, warmup) = (args.concurrency, args.connections.max(1), args.warmup);
+    let (concurrency, connections, warmup) =
+        (args.concurrency, args.connections.max(1), args.warmup);
     let worker = std::thread::spawn(move || -> Result<LoadResult, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -387,7 +403,9 @@ fn drive(
                                 Ok(right) => {
                                     result.ok += 1;
                                     result.wrong += u64::from(!right);
-                                    result.latencies_ns.push(started.elapsed().as_nanos() as u64);
+                                    result
+                                        .latencies_ns
+                                        .push(started.elapsed().as_nanos() as u64);
                                 }
                                 Err(_) => result.errors += 1,
                             }
@@ -432,7 +450,9 @@ struct Row {
 
 fn print_rows(title: &str, rows: &[Row], check_rate: f64) {
     println!("\n{title}");
-    println!("| load | calls/s | p50 µs | p99 µs | p99.9 µs | errors | wrong | ×Check | server CPU µs/call | server RSS MB |");
+    println!(
+        "| load | calls/s | p50 µs | p99 µs | p99.9 µs | errors | wrong | ×Check | server CPU µs/call | server RSS MB |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         let r = &row.result;
@@ -446,7 +466,8 @@ fn print_rows(title: &str, rows: &[Row], check_rate: f64) {
             r.errors,
             r.wrong,
             r.rate() / check_rate,
-            row.cpu_us_per_call.map_or("n/a".to_owned(), |v| format!("{v:.1}")),
+            row.cpu_us_per_call
+                .map_or("n/a".to_owned(), |v| format!("{v:.1}")),
             row.rss_mb.map_or("n/a".to_owned(), |v| format!("{v:.0}")),
         );
     }
@@ -457,36 +478,94 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// Starts `patd serve` on a free port and waits for SERVING.
+/// A `patd serve` the benchmark started.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    /// From start to SERVING.
+    startup: Duration,
+    /// From start to a full cache, when the server preloads it.
+    preloaded: Option<Duration>,
+}
+
+/// Starts `patd serve` on a free port and waits for SERVING, then for the cache
+/// preload (so that no measurement overlaps it). Server warnings pass through.
 async fn start_server(
     database_url: &DatabaseUrl,
     serve_args: &[String],
-) -> Result<(Child, SocketAddr, Duration), Box<dyn Error>> {
+) -> Result<Server, Box<dyn Error>> {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let started = Instant::now();
-    let child = Command::new(std::env::current_exe()?)
-        .args(["serve", "--listen", &addr.to_string(), "--log", "warn"])
-        .arg("--database-url")
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--listen", &addr.to_string()])
+        .args(["--log", "warn,patd::verifier=info", "--database-url"])
         .arg(database_url.expose())
         .args(serve_args)
+        .stderr(std::process::Stdio::piped())
         .spawn()?;
+    let (preloaded_tx, preloaded_rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("token cache preloaded") {
+                let _ = preloaded_tx.send(started.elapsed());
+            } else {
+                eprintln!("server: {line}");
+            }
+        }
+    });
     let uri: http::Uri = format!("http://{addr}{CHECK_PATH}").parse()?;
     let check = &check_calls()[0];
-    while started.elapsed() < Duration::from_secs(60) {
+    let startup = loop {
         if let Ok(send) = connect(addr).await
             && let Ok(true) = unary(&send, &uri, check).await
         {
-            return Ok((child, addr, started.elapsed()));
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("the server did not report SERVING within 60 s".into());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Err("the server did not report SERVING within 60 s".into())
+    };
+    let preloads = !serve_args
+        .windows(2)
+        .any(|w| w[0] == "--preload-cache" && w[1] == "false");
+    let preloaded = if preloads {
+        let waited = tokio::task::spawn_blocking(move || {
+            preloaded_rx.recv_timeout(Duration::from_secs(300))
+        });
+        Some(
+            waited
+                .await?
+                .map_err(|_| "the server did not finish preloading within 300 s")?,
+        )
+    } else {
+        None
+    };
+    Ok(Server {
+        child,
+        addr,
+        startup,
+        preloaded,
+    })
 }
 
-pub async fn run(args: BenchArgs, database_url: Option<DatabaseUrl>, format: TokenFormat) -> Result<(), Box<dyn Error>> {
+pub async fn run(
+    args: BenchArgs,
+    database_url: Option<DatabaseUrl>,
+    format: TokenFormat,
+) -> Result<(), Box<dyn Error>> {
     let database_url = database_url.unwrap_or_else(|| DatabaseUrl::new(DEFAULT_DATABASE));
-    let tokens = args.tokens.unwrap_or(if args.quick { 10_000 } else { 1_000_000 });
-    let duration = args.duration.unwrap_or(Duration::from_secs(if args.quick { 3 } else { 10 }));
+    let tokens = args
+        .tokens
+        .unwrap_or(if args.quick { 10_000 } else { 1_000_000 });
+    let duration = args
+        .duration
+        .unwrap_or(Duration::from_secs(if args.quick { 3 } else { 10 }));
     let fixture = Fixture::new(format.clone(), "issued");
     let unknown = Fixture::new(format, "never issued");
 
@@ -499,12 +578,12 @@ pub async fn run(args: BenchArgs, database_url: Option<DatabaseUrl>, format: Tok
     seed(&store, &fixture, tokens).await?;
     store.close().await;
 
-    let (mut child, addr, pid, startup) = match args.addr {
-        Some(addr) => (None, addr, args.server_pid, None),
+    let (mut server, addr, pid) = match args.addr {
+        Some(addr) => (None, addr, args.server_pid),
         None => {
-            let (child, addr, startup) = start_server(&database_url, &args.serve_args).await?;
-            let pid = child.id();
-            (Some(child), addr, Some(pid), Some(startup))
+            let server = start_server(&database_url, &args.serve_args).await?;
+            let (addr, pid) = (server.addr, server.child.id());
+            (Some(server), addr, Some(pid))
         }
     };
     println!(
@@ -514,14 +593,26 @@ pub async fn run(args: BenchArgs, database_url: Option<DatabaseUrl>, format: Tok
         args.connections,
         args.warmup
     );
-    if let Some(startup) = startup {
-        println!("server: SERVING {startup:.2?} after start");
+    if let Some(server) = &server {
+        print!("server: SERVING {:.2?} after start", server.startup);
+        match server.preloaded {
+            Some(preloaded) => println!(", cache preloaded {preloaded:.2?} after start"),
+            None => println!(),
+        }
     }
 
-    let mut loads: Vec<(String, &str, Arc<Vec<Call>>)> = vec![("Health/Check".to_owned(), CHECK_PATH, Arc::new(check_calls()))];
+    let mut loads: Vec<(String, &str, Arc<Vec<Call>>)> = vec![(
+        "Health/Check".to_owned(),
+        CHECK_PATH,
+        Arc::new(check_calls()),
+    )];
     for mix in &args.mix {
         let calls = calls_for(*mix, &fixture, &unknown, tokens, args.hot_set);
-        loads.push((format!("Introspect {mix:?}").to_lowercase(), INTROSPECT_PATH, Arc::new(calls)));
+        loads.push((
+            format!("Introspect {mix:?}").to_lowercase(),
+            INTROSPECT_PATH,
+            Arc::new(calls),
+        ));
     }
 
     let mut runs: Vec<Vec<Row>> = Vec::new();
@@ -536,12 +627,21 @@ pub async fn run(args: BenchArgs, database_url: Option<DatabaseUrl>, format: Tok
                     // The warm-up's calls are not counted, so scale CPU to the
                     // measured window.
                     let total = duration + args.warmup;
-                    let measured = (cpu_after - cpu_before) as f64 * duration.as_secs_f64() / total.as_secs_f64();
-                    (Some(measured / result.ok.max(1) as f64), Some(rss as f64 / 1e6))
+                    let measured = (cpu_after - cpu_before) as f64 * duration.as_secs_f64()
+                        / total.as_secs_f64();
+                    (
+                        Some(measured / result.ok.max(1) as f64),
+                        Some(rss as f64 / 1e6),
+                    )
                 }
                 _ => (None, None),
             };
-            rows.push(Row { name: name.clone(), result, cpu_us_per_call, rss_mb });
+            rows.push(Row {
+                name: name.clone(),
+                result,
+                cpu_us_per_call,
+                rss_mb,
+            });
         }
         let check_rate = rows[0].result.rate();
         print_rows(&format!("run {run}"), &rows, check_rate);
@@ -549,11 +649,16 @@ pub async fn run(args: BenchArgs, database_url: Option<DatabaseUrl>, format: Tok
     }
 
     if runs.len() > 1 {
-        println!("\nmedians of {} runs (×Check: median of the per-run ratios)", runs.len());
+        println!(
+            "\nmedians of {} runs (×Check: median of the per-run ratios)",
+            runs.len()
+        );
         println!("| load | calls/s | p50 µs | p99 µs | p99.9 µs | ×Check |");
         println!("|---|---|---|---|---|---|");
         for (i, (name, _, _)) in loads.iter().enumerate() {
-            let of = |f: &dyn Fn(&Row, &Row) -> f64| median(runs.iter().map(|rows| f(&rows[i], &rows[0])).collect());
+            let of = |f: &dyn Fn(&Row, &Row) -> f64| {
+                median(runs.iter().map(|rows| f(&rows[i], &rows[0])).collect())
+            };
             println!(
                 "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
                 of(&|r, _| r.result.rate()),
@@ -565,9 +670,11 @@ pub async fn run(args: BenchArgs, database_url: Option<DatabaseUrl>, format: Tok
         }
     }
 
-    if let Some(child) = child.as_mut() {
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        child.wait()?;
+    if let Some(server) = server.as_mut() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &server.child.id().to_string()])
+            .status();
+        server.child.wait()?;
     }
     Ok(())
 }

@@ -15,11 +15,12 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::model::TokenRecord;
+use crate::model::{Owner, TokenRecord, TokenState};
+use crate::scope::ScopeSet;
 use crate::token::SecretHash;
 
 const SHARDS: usize = 64;
@@ -30,38 +31,107 @@ pub struct CacheSettings {
     pub capacity: usize,
     /// Unknown secrets remembered as unknown; 0 disables negative caching.
     pub negative_capacity: usize,
-    /// How long an entry is trusted at most, even without an invalidation.
+    /// How long an entry is trusted at most, even without an invalidation
+    /// (whole seconds).
     pub ttl: Duration,
 }
 
-/// A stored token as cached, with what the write-behind of `last_used_at` needs.
+/// A stored token as cached: compact, since the cache may hold every token of a
+/// large installation (about 200 bytes each, map included). The strings share one
+/// allocation; times are microseconds, `i64::MAX` meaning "never".
 #[derive(Debug)]
 pub struct CachedToken {
     pub seq: i64,
-    pub record: TokenRecord,
-    last_used: AtomicI64,
+    pub created_at: i64,
+    expires_at: i64,
+    /// id, name, subject and account, back to back.
+    text: Box<str>,
+    name_len: u16,
+    subject_len: u16,
+    pub scopes: ScopeSet,
+    revoked: bool,
+    /// Seconds since the Unix epoch.
+    last_used_secs: AtomicU32,
+    /// Seconds since the cache's origin.
+    inserted: u32,
     /// Set while the token waits in the write-behind queue.
     queued: AtomicBool,
 }
 
+const ID_LEN: usize = 22;
+
 impl CachedToken {
-    pub fn new(seq: i64, record: TokenRecord) -> CachedToken {
-        let last_used = record.last_used_at.unwrap_or(0);
+    fn new(seq: i64, record: &TokenRecord, inserted: u32) -> CachedToken {
+        let Owner { subject, account } = &record.owner;
+        let text = format!("{}{}{subject}{account}", record.id, record.name);
         CachedToken {
             seq,
-            record,
-            last_used: AtomicI64::new(last_used),
+            created_at: record.created_at,
+            expires_at: record.expires_at.unwrap_or(i64::MAX),
+            text: text.into_boxed_str(),
+            // Names and principals are validated far below 64 KiB.
+            name_len: record.name.len() as u16,
+            subject_len: subject.len() as u16,
+            scopes: record.scopes,
+            revoked: record.revoked_at.is_some(),
+            last_used_secs: AtomicU32::new(
+                record
+                    .last_used_at
+                    .map_or(0, |micros| (micros / 1_000_000) as u32),
+            ),
+            inserted,
             queued: AtomicBool::new(false),
         }
     }
 
-    /// Records a use at `now` (microseconds). Returns true when the token must be
-    /// queued for the next write-behind flush (it was not queued yet).
+    pub fn id(&self) -> &str {
+        &self.text[..ID_LEN]
+    }
+
+    pub fn name(&self) -> &str {
+        &self.text[ID_LEN..ID_LEN + usize::from(self.name_len)]
+    }
+
+    pub fn subject(&self) -> &str {
+        let start = ID_LEN + usize::from(self.name_len);
+        &self.text[start..start + usize::from(self.subject_len)]
+    }
+
+    pub fn account(&self) -> &str {
+        &self.text[ID_LEN + usize::from(self.name_len) + usize::from(self.subject_len)..]
+    }
+
+    pub fn owner(&self) -> Owner {
+        Owner {
+            subject: self.subject().to_owned(),
+            account: self.account().to_owned(),
+        }
+    }
+
+    pub fn expires_at(&self) -> Option<i64> {
+        (self.expires_at != i64::MAX).then_some(self.expires_at)
+    }
+
+    /// Revocation wins over expiry; expired from `expires_at` on (as
+    /// [`TokenRecord::state_at`]).
+    pub fn state_at(&self, now: i64) -> TokenState {
+        if self.revoked {
+            TokenState::Revoked
+        } else if self.expires_at <= now {
+            TokenState::Expired
+        } else {
+            TokenState::Active
+        }
+    }
+
+    /// Records a use at `now` (microseconds), to the second. Returns true when the
+    /// token must be queued for the next write-behind flush (it was not queued).
     pub fn touch(&self, now: i64) -> bool {
-        // Second resolution is plenty, and skipping the store keeps a hot token's
-        // cache line from bouncing between cores on every call.
-        if now - self.last_used.load(Ordering::Relaxed) >= 1_000_000 {
-            self.last_used.store(now, Ordering::Relaxed);
+        let secs = (now / 1_000_000) as u32;
+        // Skipping the store when unchanged keeps a hot token's cache line from
+        // bouncing between cores on every call.
+        if self.last_used_secs.load(Ordering::Relaxed) != secs {
+            self.last_used_secs.store(secs, Ordering::Relaxed);
         }
         self.mark_queued()
     }
@@ -71,28 +141,48 @@ impl CachedToken {
         !self.queued.load(Ordering::Relaxed) && !self.queued.swap(true, Ordering::AcqRel)
     }
 
-    /// Takes the token out of the write-behind queue and returns its last use.
+    /// Takes the token out of the write-behind queue and returns its last use in
+    /// microseconds.
     pub fn dequeue(&self) -> i64 {
         self.queued.store(false, Ordering::Release);
-        self.last_used.load(Ordering::Relaxed)
+        i64::from(self.last_used_secs.load(Ordering::Relaxed)) * 1_000_000
     }
 }
 
-/// Hashes a [`SecretHash`] by its first eight bytes: they are already uniformly
-/// random, so SipHash would only cost time.
-#[derive(Default)]
-pub struct PrefixHasher(u64);
+/// The cache key: half of a secret hash. 128 bits keep accidental collisions
+/// (about 2^-88 among 10^12 tokens) and crafted ones (a 2^128 second preimage)
+/// out of reach, at half the memory of the whole hash.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key([u8; 16]);
 
-impl Hasher for PrefixHasher {
+impl Key {
+    fn of(hash: &SecretHash) -> Key {
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&hash.0[..16]);
+        Key(key)
+    }
+}
+
+impl std::hash::Hash for Key {
+    /// Eight bytes suffice: they are uniformly random already.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(prefix));
+    }
+}
+
+/// Passes a [`Key`]'s random bits through: SipHash would only cost time.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
     fn finish(&self) -> u64 {
         self.0
     }
 
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached for keys other than `SecretHash` (which writes a u64).
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
+    fn write(&mut self, _bytes: &[u8]) {
+        unreachable!("keys hash with write_u64")
     }
 
     fn write_u64(&mut self, value: u64) {
@@ -100,13 +190,14 @@ impl Hasher for PrefixHasher {
     }
 }
 
-type Map<V> = HashMap<SecretHash, V, BuildHasherDefault<PrefixHasher>>;
+type Map<V> = HashMap<Key, V, BuildHasherDefault<PassThrough>>;
 
 #[derive(Default)]
 struct Shard {
     epoch: u64,
-    found: Map<(Arc<CachedToken>, Instant)>,
-    absent: Map<Instant>,
+    found: Map<Arc<CachedToken>>,
+    /// Unknown secrets, with when they were found unknown.
+    absent: Map<u32>,
 }
 
 /// What the cache knows of a secret hash.
@@ -121,12 +212,14 @@ pub enum Cached {
 
 pub struct TokenCache {
     settings: CacheSettings,
+    ttl_secs: u32,
+    origin: Instant,
     shards: Box<[RwLock<Shard>]>,
 }
 
 /// Inserts into a map bounded at `capacity`, evicting an arbitrary entry (keys are
 /// uniformly random, so that is a random eviction) when full.
-fn bounded_insert<V>(map: &mut Map<V>, capacity: usize, key: SecretHash, value: V) {
+fn bounded_insert<V>(map: &mut Map<V>, capacity: usize, key: Key, value: V) {
     if map.len() >= capacity && !map.contains_key(&key) {
         let victim = map.keys().next().copied();
         if let Some(victim) = victim {
@@ -140,68 +233,107 @@ impl TokenCache {
     pub fn new(settings: CacheSettings) -> TokenCache {
         TokenCache {
             settings,
+            ttl_secs: settings.ttl.as_secs().min(u64::from(u32::MAX)) as u32,
+            origin: Instant::now(),
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
         }
     }
 
-    fn shard(&self, hash: &SecretHash) -> &RwLock<Shard> {
+    pub fn capacity(&self) -> usize {
+        self.settings.capacity
+    }
+
+    fn shard_index(hash: &SecretHash) -> usize {
         // The last byte, independent of the bytes the maps hash by.
-        &self.shards[usize::from(hash.0[31]) % SHARDS]
+        usize::from(hash.0[31]) % SHARDS
+    }
+
+    fn shard(&self, hash: &SecretHash) -> &RwLock<Shard> {
+        &self.shards[Self::shard_index(hash)]
     }
 
     fn per_shard(capacity: usize) -> usize {
         capacity.div_ceil(SHARDS)
     }
 
-    pub fn get(&self, hash: &SecretHash, now: Instant) -> Cached {
+    /// Seconds since the cache was made: entry ages need no more.
+    fn now(&self) -> u32 {
+        self.origin.elapsed().as_secs() as u32
+    }
+
+    fn fresh(&self, inserted: u32, now: u32) -> bool {
+        now.saturating_sub(inserted) < self.ttl_secs
+    }
+
+    pub fn get(&self, hash: &SecretHash) -> Cached {
+        let (key, now) = (Key::of(hash), self.now());
         let shard = self.shard(hash).read().expect("cache lock poisoned");
-        if let Some((token, inserted)) = shard.found.get(hash)
-            && now.duration_since(*inserted) < self.settings.ttl
+        if let Some(token) = shard.found.get(&key)
+            && self.fresh(token.inserted, now)
         {
             return Cached::Found(token.clone());
         }
-        if let Some(inserted) = shard.absent.get(hash)
-            && now.duration_since(*inserted) < self.settings.ttl
+        if let Some(&inserted) = shard.absent.get(&key)
+            && self.fresh(inserted, now)
         {
             return Cached::Absent;
         }
         Cached::Miss(shard.epoch)
     }
 
+    /// Caches the token stored under `hash` unless its shard was invalidated
+    /// since `epoch` was read; returns the token either way.
     pub fn insert_found(
         &self,
-        hash: SecretHash,
-        token: Arc<CachedToken>,
+        hash: &SecretHash,
+        seq: i64,
+        record: &TokenRecord,
         epoch: u64,
-        now: Instant,
-    ) {
-        if self.settings.capacity == 0 {
-            return;
+    ) -> Arc<CachedToken> {
+        let token = Arc::new(CachedToken::new(seq, record, self.now()));
+        if self.settings.capacity > 0 {
+            let mut shard = self.shard(hash).write().expect("cache lock poisoned");
+            if shard.epoch == epoch {
+                let capacity = Self::per_shard(self.settings.capacity);
+                bounded_insert(&mut shard.found, capacity, Key::of(hash), token.clone());
+            }
         }
-        let mut shard = self.shard(&hash).write().expect("cache lock poisoned");
-        if shard.epoch == epoch {
-            let capacity = Self::per_shard(self.settings.capacity);
-            bounded_insert(&mut shard.found, capacity, hash, (token, now));
-        }
+        token
     }
 
-    pub fn insert_absent(&self, hash: SecretHash, epoch: u64, now: Instant) {
+    pub fn insert_absent(&self, hash: &SecretHash, epoch: u64) {
         if self.settings.negative_capacity == 0 {
             return;
         }
-        let mut shard = self.shard(&hash).write().expect("cache lock poisoned");
+        let now = self.now();
+        let mut shard = self.shard(hash).write().expect("cache lock poisoned");
         if shard.epoch == epoch {
             let capacity = Self::per_shard(self.settings.negative_capacity);
-            bounded_insert(&mut shard.absent, capacity, hash, now);
+            bounded_insert(&mut shard.absent, capacity, Key::of(hash), now);
         }
+    }
+
+    /// Every shard's epoch, for inserting rows read after this moment with
+    /// [`TokenCache::epoch_in`] (bulk loading).
+    pub fn epochs(&self) -> Vec<u64> {
+        self.shards
+            .iter()
+            .map(|shard| shard.read().expect("cache lock poisoned").epoch)
+            .collect()
+    }
+
+    /// The epoch of `hash`'s shard in a snapshot from [`TokenCache::epochs`].
+    pub fn epoch_in(epochs: &[u64], hash: &SecretHash) -> u64 {
+        epochs[Self::shard_index(hash)]
     }
 
     /// Forgets `hash`, and keeps any lookup already under way from caching it.
     pub fn invalidate(&self, hash: &SecretHash) {
+        let key = Key::of(hash);
         let mut shard = self.shard(hash).write().expect("cache lock poisoned");
         shard.epoch += 1;
-        shard.found.remove(hash);
-        shard.absent.remove(hash);
+        shard.found.remove(&key);
+        shard.absent.remove(&key);
     }
 
     /// Forgets everything (when changes may have been missed).
@@ -226,8 +358,6 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Owner;
-    use crate::scope::ScopeSet;
 
     fn settings(capacity: usize) -> CacheSettings {
         CacheSettings {
@@ -237,45 +367,69 @@ mod tests {
         }
     }
 
-    fn token(seq: i64) -> Arc<CachedToken> {
-        let record = TokenRecord {
-            id: format!("id{seq}"),
-            name: "n".to_owned(),
+    fn record(name: &str) -> TokenRecord {
+        TokenRecord {
+            id: "AbCdEfGhIjKlMnOpQrStUv".to_owned(),
+            name: name.to_owned(),
             owner: Owner {
-                subject: "s".to_owned(),
-                account: "a".to_owned(),
+                subject: "alice".to_owned(),
+                account: "acme".to_owned(),
             },
-            scopes: ScopeSet::EMPTY,
+            scopes: ScopeSet::parse(["tag:read"]).unwrap(),
             hint: "h".to_owned(),
-            created_at: 0,
-            expires_at: None,
+            created_at: 5,
+            expires_at: Some(2_000_000),
             revoked_at: None,
             last_used_at: None,
-        };
-        Arc::new(CachedToken::new(seq, record))
+        }
     }
 
     fn miss_epoch(cache: &TokenCache, hash: &SecretHash) -> u64 {
-        match cache.get(hash, Instant::now()) {
+        match cache.get(hash) {
             Cached::Miss(epoch) => epoch,
             _ => panic!("expected a miss"),
         }
     }
 
     #[test]
+    fn compact_token_keeps_every_field() {
+        let record = record("deploy bot");
+        let token = CachedToken::new(9, &record, 0);
+        assert_eq!(token.id(), record.id);
+        assert_eq!(token.name(), "deploy bot");
+        assert_eq!((token.subject(), token.account()), ("alice", "acme"));
+        assert_eq!(token.owner(), record.owner);
+        assert_eq!(token.expires_at(), Some(2_000_000));
+        assert_eq!(token.scopes, record.scopes);
+        for now in [0, 1_999_999, 2_000_000, 3_000_000] {
+            assert_eq!(token.state_at(now), record.state_at(now), "at {now}");
+        }
+        let never = CachedToken::new(
+            9,
+            &TokenRecord {
+                expires_at: None,
+                revoked_at: Some(1),
+                ..record
+            },
+            0,
+        );
+        assert_eq!(never.expires_at(), None);
+        assert_eq!(never.state_at(i64::MAX - 1), TokenState::Revoked);
+    }
+
+    #[test]
     fn found_and_absent_entries_are_served_until_invalidated() {
         let cache = TokenCache::new(settings(100));
         let (known, unknown) = (SecretHash::of("known"), SecretHash::of("unknown"));
-        let now = Instant::now();
-        cache.insert_found(known, token(1), miss_epoch(&cache, &known), now);
-        cache.insert_absent(unknown, miss_epoch(&cache, &unknown), now);
-        assert!(matches!(cache.get(&known, now), Cached::Found(t) if t.seq == 1));
-        assert!(matches!(cache.get(&unknown, now), Cached::Absent));
+        cache.insert_found(&known, 1, &record("a"), miss_epoch(&cache, &known));
+        cache.insert_absent(&unknown, miss_epoch(&cache, &unknown));
+        assert!(matches!(cache.get(&known), Cached::Found(t) if t.seq == 1));
+        assert!(matches!(cache.get(&unknown), Cached::Absent));
         cache.invalidate(&known);
-        assert!(matches!(cache.get(&known, now), Cached::Miss(_)));
-        assert!(matches!(cache.get(&unknown, now), Cached::Absent));
+        assert!(matches!(cache.get(&known), Cached::Miss(_)));
+        assert!(matches!(cache.get(&unknown), Cached::Absent));
         cache.clear();
-        assert!(matches!(cache.get(&unknown, now), Cached::Miss(_)));
+        assert!(matches!(cache.get(&unknown), Cached::Miss(_)));
     }
 
     #[test]
@@ -283,36 +437,44 @@ mod tests {
         let cache = TokenCache::new(settings(100));
         let hash = SecretHash::of("racing");
         let epoch = miss_epoch(&cache, &hash);
+        let snapshot = cache.epochs();
         // The row is read, then a revoke invalidates, then the stale row arrives.
         cache.invalidate(&hash);
-        cache.insert_found(hash, token(1), epoch, Instant::now());
-        assert!(matches!(cache.get(&hash, Instant::now()), Cached::Miss(_)));
+        let token = cache.insert_found(&hash, 1, &record("a"), epoch);
+        assert_eq!(token.seq, 1, "the caller still gets what it read");
+        assert!(matches!(cache.get(&hash), Cached::Miss(_)));
+        cache.insert_found(
+            &hash,
+            1,
+            &record("a"),
+            TokenCache::epoch_in(&snapshot, &hash),
+        );
+        assert!(
+            matches!(cache.get(&hash), Cached::Miss(_)),
+            "bulk loads obey epochs too"
+        );
     }
 
     #[test]
     fn entries_expire_after_the_ttl() {
-        let cache = TokenCache::new(settings(100));
+        let cache = TokenCache::new(CacheSettings {
+            ttl: Duration::ZERO,
+            ..settings(100)
+        });
         let hash = SecretHash::of("old");
-        let then = Instant::now();
-        cache.insert_found(hash, token(1), miss_epoch(&cache, &hash), then);
-        assert!(matches!(
-            cache.get(&hash, then + Duration::from_secs(59)),
-            Cached::Found(_)
-        ));
-        assert!(matches!(
-            cache.get(&hash, then + Duration::from_secs(60)),
-            Cached::Miss(_)
-        ));
+        cache.insert_found(&hash, 1, &record("a"), miss_epoch(&cache, &hash));
+        assert!(matches!(cache.get(&hash), Cached::Miss(_)));
+        let cache = TokenCache::new(settings(100));
+        assert!(cache.fresh(0, 59) && !cache.fresh(0, 60));
     }
 
     #[test]
     fn size_stays_within_capacity() {
         let cache = TokenCache::new(settings(1_000));
-        let now = Instant::now();
         for i in 0..20_000 {
             let hash = SecretHash::of(&i.to_string());
-            cache.insert_found(hash, token(i), miss_epoch(&cache, &hash), now);
-            cache.insert_absent(SecretHash::of(&format!("u{i}")), 0, now);
+            cache.insert_found(&hash, i, &record("a"), miss_epoch(&cache, &hash));
+            cache.insert_absent(&SecretHash::of(&format!("u{i}")), 0);
         }
         let (found, absent) = cache.len();
         assert!((900..=1_000 + SHARDS).contains(&found), "{found}");
@@ -323,18 +485,18 @@ mod tests {
     fn zero_capacity_disables_caching() {
         let cache = TokenCache::new(settings(0));
         let hash = SecretHash::of("x");
-        cache.insert_found(hash, token(1), 0, Instant::now());
-        cache.insert_absent(hash, 0, Instant::now());
-        assert!(matches!(cache.get(&hash, Instant::now()), Cached::Miss(_)));
+        cache.insert_found(&hash, 1, &record("a"), 0);
+        cache.insert_absent(&hash, 0);
+        assert!(matches!(cache.get(&hash), Cached::Miss(_)));
     }
 
     #[test]
     fn touch_queues_once_until_dequeued() {
-        let token = token(1);
+        let token = CachedToken::new(1, &record("a"), 0);
         assert!(token.touch(5_000_000));
         assert!(!token.touch(7_000_000));
         assert_eq!(token.dequeue(), 7_000_000);
         assert!(token.touch(7_500_000), "queued again after a flush");
-        assert_eq!(token.dequeue(), 7_000_000, "sub-second updates are skipped");
+        assert_eq!(token.dequeue(), 7_000_000, "kept to the second");
     }
 }

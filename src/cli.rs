@@ -75,15 +75,19 @@ struct ServeArgs {
     /// How long in-flight calls may finish after SIGTERM, e.g. 10s [default: 10s]
     #[arg(long, env = "PATD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
-    /// Tokens kept in memory for Introspect; 0 disables [default: 100000]
+    /// Tokens kept in memory for Introspect (about 200 bytes each); 0 disables
+    /// [default: 1000000]
     #[arg(long, env = "PATD_CACHE_CAPACITY")]
     cache_capacity: Option<usize>,
     /// Unknown secrets remembered as unknown [default: 100000]
     #[arg(long, env = "PATD_NEGATIVE_CACHE_CAPACITY")]
     negative_cache_capacity: Option<usize>,
-    /// Longest a cached answer is reused without a change notice [default: 60s]
+    /// Longest a cached answer is reused without a change notice [default: 10m]
     #[arg(long, env = "PATD_CACHE_TTL", value_parser = humantime::parse_duration)]
     cache_ttl: Option<Duration>,
+    /// Load tokens into the cache at start, after SERVING [default: true]
+    #[arg(long, env = "PATD_PRELOAD_CACHE")]
+    preload_cache: Option<bool>,
     /// How often revokes and deletes by other processes are picked up [default: 1s]
     #[arg(long, env = "PATD_CHANGE_POLL_INTERVAL", value_parser = humantime::parse_duration)]
     change_poll_interval: Option<Duration>,
@@ -146,6 +150,7 @@ impl Cli {
             cache_capacity: serve.and_then(|args| args.cache_capacity),
             negative_cache_capacity: serve.and_then(|args| args.negative_cache_capacity),
             cache_ttl: serve.and_then(|args| args.cache_ttl),
+            preload_cache: serve.and_then(|args| args.preload_cache),
             change_poll_interval: serve.and_then(|args| args.change_poll_interval),
             last_used_interval: serve.and_then(|args| args.last_used_interval),
         })

@@ -34,6 +34,7 @@ struct FileConfig {
     cache_capacity: Option<usize>,
     negative_cache_capacity: Option<usize>,
     cache_ttl: Option<String>,
+    preload_cache: Option<bool>,
     change_poll_interval: Option<String>,
     last_used_interval: Option<String>,
 }
@@ -52,6 +53,7 @@ pub struct Overrides {
     pub cache_capacity: Option<usize>,
     pub negative_cache_capacity: Option<usize>,
     pub cache_ttl: Option<Duration>,
+    pub preload_cache: Option<bool>,
     pub change_poll_interval: Option<Duration>,
     pub last_used_interval: Option<Duration>,
 }
@@ -133,6 +135,10 @@ impl Config {
             )?,
             ..defaults
         };
+        server.preload_cache = overrides
+            .preload_cache
+            .or(file.preload_cache)
+            .unwrap_or(server.preload_cache);
         let cache = &mut server.verifier.cache;
         cache.ttl = duration("cache_ttl", overrides.cache_ttl, &file.cache_ttl, cache.ttl)?;
         cache.capacity = overrides

@@ -40,6 +40,8 @@ pub struct ServerSettings {
     pub change_poll_interval: Duration,
     /// How often `last_used_at` is written behind (at most once per token each).
     pub last_used_interval: Duration,
+    /// Fill the cache from storage at start (in the background, after SERVING).
+    pub preload_cache: bool,
 }
 
 impl Default for ServerSettings {
@@ -49,14 +51,15 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(10),
             verifier: VerifierSettings {
                 cache: CacheSettings {
-                    capacity: 100_000,
+                    capacity: 1_000_000,
                     negative_capacity: 100_000,
-                    ttl: Duration::from_secs(60),
+                    ttl: Duration::from_secs(600),
                 },
                 max_concurrent_lookups: 7,
             },
             change_poll_interval: Duration::from_secs(1),
             last_used_interval: Duration::from_secs(60),
+            preload_cache: true,
         }
     }
 }
@@ -150,10 +153,19 @@ pub async fn run(
     };
 
     // Connections that arrive meanwhile wait in the listen backlog.
+    let mut preloader = None;
     match store.ping().await {
         Ok(()) => {
             set_health(&reporter, ServingStatus::Serving).await;
             tracing::info!(addr = %local_addr, backend = store.backend_name(), "serving");
+            if settings.preload_cache {
+                let verifier = verifier.clone();
+                preloader = Some(AbortOnDrop(tokio::spawn(async move {
+                    if let Err(err) = verifier.preload().await {
+                        tracing::warn!(error = %err, "cache preload failed; tokens load on first use");
+                    }
+                })));
+            }
         }
         Err(err) => tracing::error!(error = %err, "storage unreachable: reporting NOT_SERVING"),
     }
@@ -183,7 +195,7 @@ pub async fn run(
             tracing::warn!(grace = ?settings.shutdown_grace, "in-flight calls did not finish in time; closing");
         }
     }
-    drop((follower, writer));
+    drop((follower, writer, preloader));
     match verifier.flush_last_used().await {
         Ok(written) => tracing::info!(written, "last_used_at flushed"),
         Err(err) => tracing::warn!(error = %err, "last_used_at could not be flushed at shutdown"),

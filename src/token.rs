@@ -44,15 +44,6 @@ impl fmt::Debug for Secret {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SecretHash(pub [u8; 32]);
 
-impl std::hash::Hash for SecretHash {
-    /// Eight of the bytes suffice: they are uniformly random already.
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let mut prefix = [0u8; 8];
-        prefix.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(prefix));
-    }
-}
-
 impl SecretHash {
     pub fn of(secret: &str) -> SecretHash {
         let mut hasher = HASHER.clone();

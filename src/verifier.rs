@@ -21,6 +21,7 @@ const CHANGE_OVERLAP_MICROS: i64 = 10_000_000;
 /// Changes older than this are pruned: no process can still need them.
 const CHANGE_RETENTION_MICROS: i64 = 86_400_000_000;
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+const PRELOAD_BATCH: usize = 10_000;
 
 /// Why a presented token is not active. Never sent to introspection callers
 /// (RFC 7662); logged at debug level.
@@ -83,7 +84,7 @@ impl Verifier {
         let Some(hash) = inner.format.parse(presented) else {
             return Ok(Err(Inactive::Malformed));
         };
-        let token = match inner.cache.get(&hash, Instant::now()) {
+        let token = match inner.cache.get(&hash) {
             Cached::Found(token) => token,
             Cached::Absent => return Ok(Err(Inactive::Unknown)),
             Cached::Miss(epoch) => match self.look_up(hash, epoch).await? {
@@ -92,7 +93,7 @@ impl Verifier {
             },
         };
         let now = clock::now_micros();
-        match token.record.state_at(now) {
+        match token.state_at(now) {
             TokenState::Active => {
                 if token.touch(now) {
                     inner
@@ -115,17 +116,15 @@ impl Verifier {
             .acquire()
             .await
             .expect("semaphore never closed");
-        let looked_up = Instant::now();
         Ok(match inner.store.find_by_hash(&hash).await? {
-            Some(stored) => {
-                let token = Arc::new(CachedToken::new(stored.seq, stored.record));
-                inner
-                    .cache
-                    .insert_found(hash, token.clone(), epoch, looked_up);
-                Some(token)
-            }
+            Some(stored) => Some(inner.cache.insert_found(
+                &hash,
+                stored.seq,
+                &stored.record,
+                epoch,
+            )),
             None => {
-                inner.cache.insert_absent(hash, epoch, looked_up);
+                inner.cache.insert_absent(&hash, epoch);
                 None
             }
         })
@@ -135,6 +134,37 @@ impl Verifier {
     /// change is stored and before answering, so the next call here sees it.
     pub fn forget(&self, hash: &SecretHash) {
         self.inner.cache.invalidate(hash);
+    }
+
+    /// Loads stored tokens, newest first, until the cache is full, so that even
+    /// the first call for any of them is answered from memory. Runs beside
+    /// serving: lookups meanwhile go to storage as usual.
+    pub async fn preload(&self) -> StoreResult<usize> {
+        let inner = &*self.inner;
+        let capacity = inner.cache.capacity();
+        let started = Instant::now();
+        let mut cursor = None;
+        let mut loaded = 0;
+        while loaded < capacity {
+            // Rows read after this snapshot are cached only if their shard saw no
+            // invalidation meanwhile, exactly as for single lookups.
+            let epochs = inner.cache.epochs();
+            let batch = (capacity - loaded).min(PRELOAD_BATCH);
+            let page = inner.store.scan_with_hashes(cursor, batch as u32).await?;
+            for (hash, stored) in &page.tokens {
+                let epoch = TokenCache::epoch_in(&epochs, hash);
+                inner
+                    .cache
+                    .insert_found(hash, stored.seq, &stored.record, epoch);
+            }
+            loaded += page.tokens.len();
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        tracing::info!(loaded, elapsed = ?started.elapsed(), "token cache preloaded");
+        Ok(loaded)
     }
 
     /// Writes the last use of every token used since the previous flush, one row

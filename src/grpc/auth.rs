@@ -33,16 +33,15 @@ pub async fn authenticate(verifier: &Verifier, metadata: &MetadataMap) -> Result
             }));
         }
     };
-    let record = &token.record;
-    if !record.scopes.contains(MANAGE_TOKENS) {
+    if !token.scopes.contains(MANAGE_TOKENS) {
         return Err(Status::permission_denied(format!(
             "the caller's token lacks the {MANAGE_TOKENS} scope"
         )));
     }
     Ok(Caller {
-        token_id: record.id.clone(),
-        owner: record.owner.clone(),
-        scopes: record.scopes,
+        token_id: token.id().to_owned(),
+        owner: token.owner(),
+        scopes: token.scopes,
     })
 }
 

@@ -41,19 +41,18 @@ impl IntrospectionService for IntrospectionApi {
                 return Ok(Response::new(proto::IntrospectResponse::default()));
             }
         };
-        let record = &token.record;
-        tracing::debug!(token_id = %record.id, "introspect: active");
+        tracing::debug!(token_id = %token.id(), "introspect: active");
         Ok(Response::new(proto::IntrospectResponse {
             active: true,
-            token_id: record.id.clone(),
-            name: record.name.clone(),
-            subject: record.owner.subject.clone(),
-            account: record.owner.account.clone(),
-            scopes: record.scopes.to_names(),
-            issued_at: Some(clock::to_timestamp(record.created_at)),
-            expires_at: record.expires_at.map(clock::to_timestamp),
+            token_id: token.id().to_owned(),
+            name: token.name().to_owned(),
+            subject: token.subject().to_owned(),
+            account: token.account().to_owned(),
+            scopes: token.scopes.to_names(),
+            issued_at: Some(clock::to_timestamp(token.created_at)),
+            expires_at: token.expires_at().map(clock::to_timestamp),
             token_type: TOKEN_TYPE.to_owned(),
-            missing_scopes: required.minus(record.scopes).to_names(),
+            missing_scopes: required.minus(token.scopes).to_names(),
         }))
     }
 }

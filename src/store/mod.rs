@@ -167,6 +167,12 @@ pub struct Page {
     pub next: Option<Cursor>,
 }
 
+/// A page of tokens with their secrets' hashes.
+pub struct HashedPage {
+    pub tokens: Vec<(SecretHash, StoredToken)>,
+    pub next: Option<Cursor>,
+}
+
 #[derive(Clone)]
 enum Backend {
     Sqlite(SqlitePool),
@@ -482,6 +488,42 @@ impl Store {
             tokens: rows.into_iter().map(Into::into).collect(),
             next,
         })
+    }
+
+    /// Every token with its secret's hash, newest first, `page_size` at a time after
+    /// `cursor` (for loading the cache).
+    pub async fn scan_with_hashes(
+        &self,
+        cursor: Option<Cursor>,
+        page_size: u32,
+    ) -> StoreResult<HashedPage> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            columns!(),
+            ", secret_hash FROM tokens WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
+        );
+        let before = cursor.map_or(i64::MAX, |cursor| cursor.0);
+        let rows: Vec<HashedTokenRow> = on_pool!(self, pool => sqlx::query_as(SQL)
+            .bind(before)
+            .bind(i64::from(page_size))
+            .fetch_all(pool)
+            .await)?;
+        let next = if rows.len() == page_size as usize {
+            rows.last().map(|row| Cursor(row.token.seq))
+        } else {
+            None
+        };
+        let tokens = rows
+            .into_iter()
+            .map(|row| {
+                let stored = StoredToken {
+                    seq: row.token.seq,
+                    record: row.token.into(),
+                };
+                (row.secret_hash, stored)
+            })
+            .collect();
+        Ok(HashedPage { tokens, next })
     }
 
     /// Revokes `owner`'s token at `now` unless it is already revoked (then its first
