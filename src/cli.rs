@@ -48,7 +48,7 @@ struct GlobalArgs {
     /// Log line format [default: text]
     #[arg(long, env = "PATD_LOG_FORMAT", global = true, value_enum)]
     log_format: Option<LogFormat>,
-    /// Storage connections per process [default: 8]
+    /// Storage connections per process [default: 4 for SQLite, 10 for Postgres]
     #[arg(long, env = "PATD_MAX_CONNECTIONS", global = true)]
     max_connections: Option<u32>,
 }

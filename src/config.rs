@@ -16,7 +16,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// An SQLite file in the working directory, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://patd.db";
 pub const DEFAULT_LOG: &str = "info";
-const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+/// SQLite serves lookups from a local file and serialises writes: a few
+/// connections suffice. Postgres is remote and shared by a fleet.
+const DEFAULT_SQLITE_CONNECTIONS: u32 = 4;
+const DEFAULT_POSTGRES_CONNECTIONS: u32 = 10;
 const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The configuration file's keys; every one is optional.
@@ -107,10 +110,21 @@ impl Config {
             &file.acquire_timeout,
             DEFAULT_ACQUIRE_TIMEOUT,
         )?;
+        let database_url = DatabaseUrl::new(
+            overrides
+                .database_url
+                .or(file.database_url)
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+        );
+        let default_connections = if database_url.is_sqlite() {
+            DEFAULT_SQLITE_CONNECTIONS
+        } else {
+            DEFAULT_POSTGRES_CONNECTIONS
+        };
         let max_connections = overrides
             .max_connections
             .or(file.max_connections)
-            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+            .unwrap_or(default_connections);
         if max_connections == 0 {
             return Err("max_connections must be at least 1".to_owned());
         }
@@ -139,7 +153,7 @@ impl Config {
             .preload_cache
             .or(file.preload_cache)
             .unwrap_or(server.preload_cache);
-        let cache = &mut server.verifier.cache;
+        let cache = &mut server.cache;
         cache.ttl = duration("cache_ttl", overrides.cache_ttl, &file.cache_ttl, cache.ttl)?;
         cache.capacity = overrides
             .cache_capacity
@@ -149,8 +163,6 @@ impl Config {
             .negative_cache_capacity
             .or(file.negative_cache_capacity)
             .unwrap_or(cache.negative_capacity);
-        // One connection stays free of Introspect misses for management calls.
-        server.verifier.max_concurrent_lookups = (max_connections as usize - 1).max(1);
         let prefix = overrides
             .token_prefix
             .or(file.token_prefix)
@@ -161,12 +173,7 @@ impl Config {
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses")),
-            database_url: DatabaseUrl::new(
-                overrides
-                    .database_url
-                    .or(file.database_url)
-                    .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
-            ),
+            database_url,
             log: overrides
                 .log
                 .or(file.log)
@@ -208,7 +215,7 @@ mod tests {
         assert_eq!(config.database_url.expose(), DEFAULT_DATABASE_URL);
         assert_eq!(config.token_format().prefix(), DEFAULT_PREFIX);
         assert_eq!(config.server.shutdown_grace, Duration::from_secs(10));
-        assert_eq!(config.server.verifier.max_concurrent_lookups, 7);
+        assert_eq!(config.max_connections, DEFAULT_SQLITE_CONNECTIONS);
     }
 
     #[test]
@@ -226,7 +233,7 @@ mod tests {
         assert_eq!(from_file.listen.to_string(), "0.0.0.0:6000");
         assert_eq!(from_file.token_format().prefix(), "acme_");
         assert_eq!(from_file.server.shutdown_grace, Duration::from_secs(3));
-        assert_eq!(from_file.server.verifier.cache.capacity, 5);
+        assert_eq!(from_file.server.cache.capacity, 5);
         assert_eq!(
             from_file.server.change_poll_interval,
             Duration::from_millis(250)

@@ -17,7 +17,7 @@ use crate::proto::token_service_server::TokenServiceServer;
 use crate::store::Store;
 use crate::telemetry::CallLogLayer;
 use crate::token::TokenFormat;
-use crate::verifier::{Verifier, VerifierSettings};
+use crate::verifier::Verifier;
 
 /// Our encoded descriptors, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pat_descriptor");
@@ -34,7 +34,7 @@ pub struct ServerSettings {
     pub token_format: TokenFormat,
     /// How long in-flight calls may take to finish once shutdown begins.
     pub shutdown_grace: Duration,
-    pub verifier: VerifierSettings,
+    pub cache: CacheSettings,
     /// How often `token_changes` is polled for revokes and deletes made by other
     /// processes: the staleness bound for those changes.
     pub change_poll_interval: Duration,
@@ -49,13 +49,10 @@ impl Default for ServerSettings {
         ServerSettings {
             token_format: TokenFormat::default(),
             shutdown_grace: Duration::from_secs(10),
-            verifier: VerifierSettings {
-                cache: CacheSettings {
-                    capacity: 1_000_000,
-                    negative_capacity: 100_000,
-                    ttl: Duration::from_secs(600),
-                },
-                max_concurrent_lookups: 7,
+            cache: CacheSettings {
+                capacity: 1_000_000,
+                negative_capacity: 100_000,
+                ttl: Duration::from_secs(600),
             },
             change_poll_interval: Duration::from_secs(1),
             last_used_interval: Duration::from_secs(60),
@@ -125,11 +122,7 @@ pub async fn run(
         .build_v1alpha()
         .map_err(ServeError::Reflection)?;
 
-    let verifier = Verifier::new(
-        settings.token_format.clone(),
-        store.clone(),
-        settings.verifier,
-    );
+    let verifier = Verifier::new(settings.token_format.clone(), store.clone(), settings.cache);
     let follower = AbortOnDrop(tokio::spawn(
         verifier
             .clone()

@@ -33,15 +33,6 @@ pub enum Inactive {
     Revoked,
 }
 
-#[derive(Clone, Copy, Debug)]
-pub struct VerifierSettings {
-    pub cache: CacheSettings,
-    /// Storage lookups for cache misses allowed at once; the rest wait. Kept below
-    /// the pool size so that a flood of unknown tokens cannot starve management
-    /// calls of connections.
-    pub max_concurrent_lookups: usize,
-}
-
 #[derive(Clone)]
 pub struct Verifier {
     inner: Arc<Inner>,
@@ -57,13 +48,16 @@ struct Inner {
 }
 
 impl Verifier {
-    pub fn new(format: TokenFormat, store: Store, settings: VerifierSettings) -> Verifier {
+    pub fn new(format: TokenFormat, store: Store, cache: CacheSettings) -> Verifier {
+        // Cache misses may use all storage connections but one, so that a flood
+        // of unknown tokens cannot starve management calls; the rest wait.
+        let lookups = (store.max_connections() as usize).saturating_sub(1).max(1);
         Verifier {
             inner: Arc::new(Inner {
                 format,
                 store,
-                cache: TokenCache::new(settings.cache),
-                lookups: Semaphore::new(settings.max_concurrent_lookups.max(1)),
+                cache: TokenCache::new(cache),
+                lookups: Semaphore::new(lookups),
                 used: Mutex::default(),
             }),
         }
@@ -197,8 +191,12 @@ impl Verifier {
         ticker.tick().await;
         loop {
             ticker.tick().await;
+            let started = Instant::now();
             match self.flush_last_used().await {
-                Ok(written) => tracing::debug!(written, "last_used_at flushed"),
+                Ok(0) => {}
+                Ok(written) => {
+                    tracing::info!(written, elapsed = ?started.elapsed(), "last_used_at flushed")
+                }
                 Err(err) => tracing::warn!(error = %err, "last_used_at flush failed; will retry"),
             }
         }

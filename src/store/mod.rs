@@ -54,11 +54,11 @@ impl DatabaseUrl {
         }
     }
 
-    fn is_postgres(&self) -> bool {
+    pub fn is_postgres(&self) -> bool {
         self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
     }
 
-    fn is_sqlite(&self) -> bool {
+    pub fn is_sqlite(&self) -> bool {
         self.0.starts_with("sqlite:")
     }
 }
@@ -343,6 +343,11 @@ impl Store {
         }
     }
 
+    /// The connection pool's size.
+    pub fn max_connections(&self) -> u32 {
+        on_pool!(self, pool => pool.options().get_max_connections())
+    }
+
     pub fn stats(&self) -> &StoreStats {
         &self.stats
     }
@@ -595,9 +600,11 @@ impl Store {
     /// Writes `(seq, last used)` pairs; a stored later time is never overwritten.
     #[tracing::instrument(skip_all, fields(count = uses.len()))]
     pub async fn record_last_used(&self, uses: &[(i64, i64)]) -> StoreResult<()> {
-        on_pool!(self, pool => async {
-            let mut tx = pool.begin().await?;
-            for chunk in uses.chunks(LAST_USED_ROWS_PER_STATEMENT) {
+        // One short transaction per chunk: a flush may cover every token of a
+        // large installation, and must not hold SQLite's write lock (or a long
+        // Postgres transaction) for all of it.
+        for chunk in uses.chunks(LAST_USED_ROWS_PER_STATEMENT) {
+            on_pool!(self, pool => {
                 // Both backends name the columns of a VALUES list column1, column2.
                 let sql = format!(
                     "UPDATE tokens SET last_used_at = v.column2 FROM (VALUES {}) AS v \
@@ -610,11 +617,10 @@ impl Store {
                     query = query.bind(seq).bind(at);
                 }
                 StoreStats::count(&self.stats.writes);
-                query.execute(&mut *tx).await?;
-            }
-            tx.commit().await
+                query.execute(pool).await.map(drop)
+            })?;
+            tokio::task::yield_now().await;
         }
-        .await)?;
         Ok(())
     }
 }

@@ -5,8 +5,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use patd::clock;
+use patd::proto::introspection_service_client::IntrospectionServiceClient;
 use patd::proto::{
-    DeleteTokenRequest, GetTokenRequest, IntrospectRequest, IntrospectResponse, RevokeTokenRequest,
+    DeleteTokenRequest, GetTokenRequest, IntrospectRequest, IntrospectResponse, ListTokensRequest,
+    RevokeTokenRequest,
 };
 use patd::server::ServerSettings;
 
@@ -49,6 +51,47 @@ async fn repeated_introspection_reads_storage_once_and_writes_nothing(app: TestA
         "one lookup for the token, one for the unknown secret, none for junk"
     );
     assert_eq!(writes(&app), writes_before, "no write per Introspect");
+}
+
+async fn a_flood_of_unknown_tokens_leaves_room_for_management_calls(app: TestApp) {
+    let manager = app.manager("alice", &["tag:read"]).await;
+    let channel = app.channel().await;
+    let unknown: Vec<String> = (0..300)
+        .map(|_| app.format.generate().expose().to_owned())
+        .collect();
+    let flood: Vec<_> = unknown
+        .iter()
+        .map(|token| {
+            let mut client = IntrospectionServiceClient::new(channel.clone());
+            let request = IntrospectRequest {
+                token: token.clone(),
+                required_scopes: vec![],
+            };
+            tokio::spawn(async move { client.introspect(request).await })
+        })
+        .collect();
+    // The test pool has 4 connections; misses may use 3 of them at once.
+    let started = Instant::now();
+    let listed = app
+        .tokens()
+        .await
+        .list_tokens(authed(&manager, ListTokensRequest::default()))
+        .await;
+    assert!(listed.is_ok(), "{listed:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    for call in flood {
+        assert!(!call.await.unwrap().unwrap().into_inner().active);
+    }
+    // Each unknown secret reached storage once; again within the TTL, never.
+    let before = lookups(&app);
+    for token in &unknown[..50] {
+        assert!(!introspect(&app, token).await.active);
+    }
+    assert_eq!(lookups(&app), before);
 }
 
 async fn revoke_and_delete_take_effect_on_the_next_call_with_a_warm_cache(app: TestApp) {
@@ -217,6 +260,7 @@ async fn last_used_at_is_flushed_on_graceful_shutdown(app: TestApp) {
 
 backend_tests!(
     repeated_introspection_reads_storage_once_and_writes_nothing,
+    a_flood_of_unknown_tokens_leaves_room_for_management_calls,
     revoke_and_delete_take_effect_on_the_next_call_with_a_warm_cache,
     changes_by_other_processes_arrive_within_the_poll_interval,
     expiry_takes_effect_at_its_instant_whatever_the_cache_holds,
