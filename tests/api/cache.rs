@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use patd::cache::CacheSettings;
 use patd::clock;
 use patd::proto::introspection_service_client::IntrospectionServiceClient;
 use patd::proto::{
@@ -11,6 +12,7 @@ use patd::proto::{
     RevokeTokenRequest,
 };
 use patd::server::ServerSettings;
+use patd::verifier::{Inactive, Verifier};
 
 use crate::backend_tests;
 use crate::helpers::{TestApp, authed};
@@ -51,6 +53,48 @@ async fn repeated_introspection_reads_storage_once_and_writes_nothing(app: TestA
         "one lookup for the token, one for the unknown secret, none for junk"
     );
     assert_eq!(writes(&app), writes_before, "no write per Introspect");
+}
+
+async fn preload_fills_the_cache_newest_first_up_to_capacity(app: TestApp) {
+    let mut minted = Vec::new();
+    for _ in 0..5 {
+        minted.push(app.mint(("alice", "acme"), &["tag:read"], None).await.0);
+    }
+    let (revoked, _) = app.mint_revoked(("alice", "acme"), &["tag:read"]).await;
+    let verifier = |capacity| {
+        let cache = CacheSettings {
+            capacity,
+            ..TestApp::settings().cache
+        };
+        Verifier::new(app.format.clone(), app.store.clone(), cache)
+    };
+
+    let everything = verifier(1_000);
+    assert_eq!(everything.preload().await.unwrap(), 6);
+    let before = lookups(&app);
+    assert_eq!(
+        everything.verify(&revoked).await.unwrap().unwrap_err(),
+        Inactive::Revoked
+    );
+    for secret in &minted {
+        assert!(everything.verify(secret).await.unwrap().is_ok());
+    }
+    assert_eq!(
+        lookups(&app),
+        before,
+        "every answer came from the preloaded cache"
+    );
+
+    // With room for three, the newest three are loaded: the oldest is not.
+    let newest = verifier(3);
+    assert_eq!(newest.preload().await.unwrap(), 3);
+    let before = lookups(&app);
+    assert!(newest.verify(&minted[0]).await.unwrap().is_ok());
+    assert_eq!(
+        lookups(&app),
+        before + 1,
+        "the oldest token is looked up on first use"
+    );
 }
 
 async fn a_flood_of_unknown_tokens_leaves_room_for_management_calls(app: TestApp) {
@@ -260,6 +304,7 @@ async fn last_used_at_is_flushed_on_graceful_shutdown(app: TestApp) {
 
 backend_tests!(
     repeated_introspection_reads_storage_once_and_writes_nothing,
+    preload_fills_the_cache_newest_first_up_to_capacity,
     a_flood_of_unknown_tokens_leaves_room_for_management_calls,
     revoke_and_delete_take_effect_on_the_next_call_with_a_warm_cache,
     changes_by_other_processes_arrive_within_the_poll_interval,

@@ -151,11 +151,13 @@ impl TestApp {
             .expect("store connects and migrates")
     }
 
-    /// Settings for tests: short intervals, so background work shows quickly.
+    /// Settings for tests: short intervals, so background work shows quickly, and
+    /// no preload racing with what a test stores (the preload has its own test).
     pub fn settings() -> ServerSettings {
         ServerSettings {
             shutdown_grace: Duration::from_secs(5),
             change_poll_interval: Duration::from_millis(100),
+            preload_cache: false,
             ..ServerSettings::default()
         }
     }
@@ -219,6 +221,21 @@ impl TestApp {
             .unwrap();
         self.store.insert(&new).await.unwrap();
         (secret.expose().to_owned(), new.record)
+    }
+
+    /// Mints a token and revokes it, as another process would.
+    pub async fn mint_revoked(
+        &self,
+        owner: (&str, &str),
+        scopes: &[&str],
+    ) -> (String, TokenRecord) {
+        let (secret, record) = self.mint(owner, scopes, None).await;
+        let revoked = self
+            .store
+            .revoke(&record.owner, &record.id, clock::now_micros())
+            .await;
+        assert!(revoked.unwrap().is_some());
+        (secret, record)
     }
 
     /// A token for `subject` in account `acme` that may manage tokens and holds
@@ -311,6 +328,12 @@ impl WriteLock {
         }
         .unwrap();
     }
+}
+
+/// `valid` with its last character changed, so its checksum no longer matches.
+pub fn with_wrong_checksum(valid: &str) -> String {
+    let last = if valid.ends_with('a') { "b" } else { "a" };
+    format!("{}{last}", &valid[..valid.len() - 1])
 }
 
 /// `message` with `authorization: Bearer <secret>` metadata.

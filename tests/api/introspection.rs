@@ -7,7 +7,7 @@ use patd::proto::{IntrospectRequest, IntrospectResponse};
 use tonic::Code;
 
 use crate::backend_tests;
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, with_wrong_checksum};
 
 fn request(token: &str, required: &[&str]) -> IntrospectRequest {
     IntrospectRequest {
@@ -96,18 +96,8 @@ async fn unknown_required_scope_is_invalid_argument(app: TestApp) {
 
 async fn bad_tokens_are_inactive_with_nothing_else_said(app: TestApp) {
     let (valid, record) = app.mint(("alice", "acme"), &["license:read"], None).await;
-    let mut wrong_checksum = valid.clone();
-    let last = valid.len() - 1;
-    wrong_checksum.replace_range(last.., if valid.ends_with('a') { "b" } else { "a" });
-    let (revoked, revoked_record) = app.mint(("alice", "acme"), &["license:read"], None).await;
-    app.store
-        .revoke(
-            &revoked_record.owner,
-            &revoked_record.id,
-            clock::now_micros(),
-        )
-        .await
-        .unwrap();
+    let wrong_checksum = with_wrong_checksum(&valid);
+    let (revoked, _) = app.mint_revoked(("alice", "acme"), &["license:read"]).await;
     let (deleted, deleted_record) = app.mint(("alice", "acme"), &["license:read"], None).await;
     let deleted_hash = app
         .store

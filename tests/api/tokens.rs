@@ -6,13 +6,13 @@ use std::collections::HashSet;
 use patd::clock;
 use patd::proto::{
     self, CreateTokenRequest, DeleteTokenRequest, GetTokenRequest, ListScopesRequest,
-    ListTokensRequest, RevokeTokenRequest, TokenState,
+    ListTokensRequest, ListTokensResponse, RevokeTokenRequest, TokenState,
 };
 use prost::Message;
 use tonic::{Code, Request};
 
 use crate::backend_tests;
-use crate::helpers::{TestApp, authed};
+use crate::helpers::{TestApp, authed, with_wrong_checksum};
 
 fn create(name: &str, scopes: &[&str]) -> CreateTokenRequest {
     CreateTokenRequest {
@@ -313,21 +313,12 @@ async fn bad_credentials_are_unauthenticated_on_every_rpc(app: TestApp) {
             Some(clock::now_micros() + 1_000_000),
         )
         .await;
-    let (revoked, revoked_record) = app
-        .mint(("alice", "acme"), &["personalAccessToken:write"], None)
+    let (revoked, _) = app
+        .mint_revoked(("alice", "acme"), &["personalAccessToken:write"])
         .await;
-    app.store
-        .revoke(
-            &revoked_record.owner,
-            &revoked_record.id,
-            clock::now_micros(),
-        )
-        .await
-        .unwrap();
     let unknown = app.format.generate().expose().to_owned();
     let valid = app.manager("alice", &[]).await;
-    let mut wrong_checksum = valid.clone();
-    wrong_checksum.replace_range(10..11, if &valid[10..11] == "a" { "b" } else { "a" });
+    let wrong_checksum = with_wrong_checksum(&valid);
     tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
 
     let cases: Vec<(Option<String>, &str)> = vec![
@@ -580,16 +571,14 @@ async fn list_pages_newest_first_while_tokens_come_and_go(app: TestApp) {
         .await
         .unwrap()
         .into_inner();
-    let first_ids: Vec<_> = first.tokens.iter().map(|t| t.id.clone()).collect();
-    assert_eq!(
-        first_ids,
-        vec![
-            ids[8].clone(),
-            ids[7].clone(),
-            ids[6].clone(),
-            ids[5].clone()
-        ]
-    );
+    // The ids of a page, as indexes into `ids`.
+    let positions = |page: &ListTokensResponse| -> Vec<Option<usize>> {
+        page.tokens
+            .iter()
+            .map(|t| ids.iter().position(|id| *id == t.id))
+            .collect()
+    };
+    assert_eq!(positions(&first), vec![Some(8), Some(7), Some(6), Some(5)]);
     assert!(!first.next_page_token.is_empty());
 
     // Between pages: a new token (newer than the cursor) and a deletion of one
@@ -608,16 +597,7 @@ async fn list_pages_newest_first_while_tokens_come_and_go(app: TestApp) {
         .await
         .unwrap()
         .into_inner();
-    let second_ids: Vec<_> = second.tokens.iter().map(|t| t.id.clone()).collect();
-    assert_eq!(
-        second_ids,
-        vec![
-            ids[4].clone(),
-            ids[2].clone(),
-            ids[1].clone(),
-            ids[0].clone()
-        ]
-    );
+    assert_eq!(positions(&second), vec![Some(4), Some(2), Some(1), Some(0)]);
 
     let third = client
         .list_tokens(page(second.next_page_token))
@@ -689,11 +669,7 @@ async fn list_reports_each_tokens_state(app: TestApp) {
             Some(clock::now_micros() + 500_000),
         )
         .await;
-    let (_, revoked) = app.mint(("alice", "acme"), &["tag:read"], None).await;
-    app.store
-        .revoke(&revoked.owner, &revoked.id, clock::now_micros())
-        .await
-        .unwrap();
+    let (_, revoked) = app.mint_revoked(("alice", "acme"), &["tag:read"]).await;
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let listed = app
         .tokens()
