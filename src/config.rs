@@ -149,12 +149,28 @@ impl Config {
             )?,
             ..defaults
         };
+        for (key, value) in [
+            ("change_poll_interval", server.change_poll_interval),
+            ("last_used_interval", server.last_used_interval),
+            ("shutdown_grace", server.shutdown_grace),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{key} must be longer than zero"));
+            }
+        }
         server.preload_cache = overrides
             .preload_cache
             .or(file.preload_cache)
             .unwrap_or(server.preload_cache);
         let cache = &mut server.cache;
         cache.ttl = duration("cache_ttl", overrides.cache_ttl, &file.cache_ttl, cache.ttl)?;
+        if cache.ttl < Duration::from_secs(1) {
+            // Entry ages are kept in whole seconds.
+            return Err(
+                "cache_ttl must be at least 1s (set cache_capacity = 0 to disable the cache)"
+                    .to_owned(),
+            );
+        }
         cache.capacity = overrides
             .cache_capacity
             .or(file.cache_capacity)
@@ -264,6 +280,9 @@ mod tests {
             ("databse_url = \"x\"", "unknown field"),
             ("token_prefix = \"bad prefix\"", "token prefix"),
             ("max_connections = 0", "at least 1"),
+            ("change_poll_interval = \"0s\"", "longer than zero"),
+            ("last_used_interval = \"0ms\"", "longer than zero"),
+            ("cache_ttl = \"500ms\"", "at least 1s"),
         ];
         for (text, expected) in cases {
             let file = file_with(text);

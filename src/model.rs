@@ -245,8 +245,8 @@ mod tests {
     fn scope_lists_must_be_known_and_non_empty() {
         let err = parse_scopes(&[]).unwrap_err();
         assert!(err.0.contains("at least one scope"), "{err}");
-        let err = parse_scopes(&["bogus".to_owned()]).unwrap_err();
-        assert!(err.0.contains("unknown scope \"bogus\""), "{err}");
+        let err = parse_scopes(&["bogus:read".to_owned()]).unwrap_err();
+        assert!(err.0.contains("unknown scope \"bogus:read\""), "{err}");
     }
 
     #[test]

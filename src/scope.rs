@@ -115,9 +115,14 @@ impl fmt::Display for UnknownScopes {
 
 impl std::error::Error for UnknownScopes {}
 
-/// Quotes user input for an error message, cut to a readable length.
+/// Quotes user input for an error message, cut to a readable length. Input that
+/// cannot be a scope name (every scope has a `:`) is not echoed: it may be a token
+/// sent in the wrong field.
 fn quoted(input: &str) -> String {
-    const MAX_CHARS: usize = 64;
+    const MAX_CHARS: usize = 40;
+    if !input.contains(':') {
+        return "(a name without ':')".to_owned();
+    }
     let mut shown: String = input.chars().take(MAX_CHARS).collect();
     if shown.len() < input.len() {
         shown.push_str("...");
@@ -240,7 +245,14 @@ mod tests {
         let err = ScopeSet::parse(["license:read", "nope", "Account:Read"]).unwrap_err();
         assert_eq!(err.0, vec!["nope", "Account:Read"]);
         let message = err.to_string();
-        assert!(message.contains("\"nope\"") && message.contains("\"Account:Read\""));
+        assert!(message.contains("(a name without ':')") && message.contains("\"Account:Read\""));
+    }
+
+    #[test]
+    fn names_that_cannot_be_scopes_are_not_echoed() {
+        let secret = "patd_DZhsW6sA9cWBUSfpcfShwPYjqCTy2guQVdgt6mF9aPj4BxweA";
+        let message = ScopeSet::parse([secret]).unwrap_err().to_string();
+        assert!(!message.contains("DZhsW6"), "{message}");
     }
 
     #[test]

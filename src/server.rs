@@ -188,7 +188,10 @@ pub async fn run(
             tracing::warn!(grace = ?settings.shutdown_grace, "in-flight calls did not finish in time; closing");
         }
     }
+    // Stop the background tasks, but not in the middle of a last_used flush.
+    let paused = verifier.pause_flushes().await;
     drop((follower, writer, preloader));
+    drop(paused);
     match verifier.flush_last_used().await {
         Ok(written) => tracing::info!(written, "last_used_at flushed"),
         Err(err) => tracing::warn!(error = %err, "last_used_at could not be flushed at shutdown"),

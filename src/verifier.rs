@@ -3,7 +3,7 @@
 //! Also the cache's two background duties: following changes made elsewhere and
 //! writing `last_used_at` behind.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,17 +11,33 @@ use tokio::sync::Semaphore;
 
 use crate::cache::{CacheSettings, Cached, CachedToken, TokenCache};
 use crate::clock;
-use crate::model::TokenState;
-use crate::store::{Store, StoreResult};
+use crate::model::{Owner, TokenRecord, TokenState};
+use crate::store::{ChangeMark, Store, StoreResult};
 use crate::token::{SecretHash, TokenFormat};
 
-/// How far back each poll of `token_changes` looks beyond the newest change it
-/// saw: covers commits that land after later-stamped ones and small clock steps.
-const CHANGE_OVERLAP_MICROS: i64 = 10_000_000;
 /// Changes older than this are pruned: no process can still need them.
 const CHANGE_RETENTION_MICROS: i64 = 86_400_000_000;
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 const PRELOAD_BATCH: usize = 10_000;
+
+/// Who is asking: Introspect misses share a bounded number of storage
+/// connections; the bearer check of a management call does not queue behind them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    Introspect,
+    Management,
+}
+
+/// Runs `work` on its own task, so that dropping the caller's future does not
+/// cancel it half-way.
+async fn run_to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    match tokio::spawn(work).await {
+        Ok(output) => output,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
+}
 
 /// Why a presented token is not active. Never sent to introspection callers
 /// (RFC 7662); logged at debug level.
@@ -43,14 +59,18 @@ struct Inner {
     store: Store,
     cache: TokenCache,
     lookups: Semaphore,
-    /// Tokens used since the last write-behind flush.
-    used: Mutex<Vec<Arc<CachedToken>>>,
+    /// Tokens used since the last write-behind flush, by `seq`: bounded by the
+    /// number of distinct tokens, whatever the cache holds.
+    used: Mutex<HashMap<i64, Arc<CachedToken>>>,
+    /// Serialises flushes, so that shutdown's final flush runs after (not during)
+    /// a periodic one.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl Verifier {
     pub fn new(format: TokenFormat, store: Store, cache: CacheSettings) -> Verifier {
-        // Cache misses may use all storage connections but one, so that a flood
-        // of unknown tokens cannot starve management calls; the rest wait.
+        // Introspect misses may use all storage connections but one, so that a
+        // flood of unknown tokens cannot starve management calls; the rest wait.
         let lookups = (store.max_connections() as usize).saturating_sub(1).max(1);
         Verifier {
             inner: Arc::new(Inner {
@@ -59,6 +79,7 @@ impl Verifier {
                 cache: TokenCache::new(cache),
                 lookups: Semaphore::new(lookups),
                 used: Mutex::default(),
+                flushing: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -73,7 +94,11 @@ impl Verifier {
 
     /// The token `presented` stands for, if it is active now. A storage failure is
     /// an error, never an answer: the caller must fail closed.
-    pub async fn verify(&self, presented: &str) -> StoreResult<Result<Arc<CachedToken>, Inactive>> {
+    pub async fn verify(
+        &self,
+        presented: &str,
+        lane: Lane,
+    ) -> StoreResult<Result<Arc<CachedToken>, Inactive>> {
         let inner = &*self.inner;
         let Some(hash) = inner.format.parse(presented) else {
             return Ok(Err(Inactive::Malformed));
@@ -81,7 +106,7 @@ impl Verifier {
         let token = match inner.cache.get(&hash) {
             Cached::Found(token) => token,
             Cached::Absent => return Ok(Err(Inactive::Unknown)),
-            Cached::Miss(epoch) => match self.look_up(hash, epoch).await? {
+            Cached::Miss(epoch) => match self.look_up(hash, epoch, lane).await? {
                 Some(token) => token,
                 None => return Ok(Err(Inactive::Unknown)),
             },
@@ -90,11 +115,14 @@ impl Verifier {
         match token.state_at(now) {
             TokenState::Active => {
                 if token.touch(now) {
-                    inner
-                        .used
-                        .lock()
-                        .expect("lock poisoned")
-                        .push(token.clone());
+                    let mut used = inner.used.lock().expect("lock poisoned");
+                    // An uncached token is a new entry on every call: keep one per
+                    // token, and let a replaced one queue itself again later.
+                    if let Some(replaced) = used.insert(token.seq, token.clone())
+                        && !Arc::ptr_eq(&replaced, &token)
+                    {
+                        replaced.dequeue();
+                    }
                 }
                 Ok(Ok(token))
             }
@@ -103,13 +131,17 @@ impl Verifier {
         }
     }
 
-    async fn look_up(&self, hash: SecretHash, epoch: u64) -> StoreResult<Option<Arc<CachedToken>>> {
+    async fn look_up(
+        &self,
+        hash: SecretHash,
+        epoch: u64,
+        lane: Lane,
+    ) -> StoreResult<Option<Arc<CachedToken>>> {
         let inner = &*self.inner;
-        let _permit = inner
-            .lookups
-            .acquire()
-            .await
-            .expect("semaphore never closed");
+        let _permit = match lane {
+            Lane::Introspect => Some(inner.lookups.acquire().await.expect("never closed")),
+            Lane::Management => None,
+        };
         Ok(match inner.store.find_by_hash(&hash).await? {
             Some(stored) => Some(inner.cache.insert_found(
                 &hash,
@@ -124,10 +156,38 @@ impl Verifier {
         })
     }
 
-    /// Drops a revoked or deleted token from this process's cache; call after the
-    /// change is stored and before answering, so the next call here sees it.
-    pub fn forget(&self, hash: &SecretHash) {
-        self.inner.cache.invalidate(hash);
+    /// Revokes `owner`'s token (see [`Store::revoke`]) and drops it from this
+    /// process's cache before returning, so the next call here sees it. Runs to
+    /// completion even if the caller goes away: a committed revoke is never left
+    /// cached.
+    pub async fn revoke(
+        &self,
+        owner: Owner,
+        id: String,
+        now: i64,
+    ) -> StoreResult<Option<TokenRecord>> {
+        let this = self.clone();
+        run_to_completion(async move {
+            let revoked = this.inner.store.revoke(&owner, &id, now).await?;
+            Ok(revoked.map(|(record, hash)| {
+                this.inner.cache.invalidate(&hash);
+                record
+            }))
+        })
+        .await
+    }
+
+    /// Deletes `owner`'s token and drops it from this process's cache, like
+    /// [`Verifier::revoke`]. False if there was no such token.
+    pub async fn delete(&self, owner: Owner, id: String) -> StoreResult<bool> {
+        let this = self.clone();
+        run_to_completion(async move {
+            let deleted = this.inner.store.delete(&owner, &id).await?;
+            Ok(deleted
+                .map(|hash| this.inner.cache.invalidate(&hash))
+                .is_some())
+        })
+        .await
     }
 
     /// Loads stored tokens, newest first, until the cache is full, so that even
@@ -163,22 +223,31 @@ impl Verifier {
 
     /// Writes the last use of every token used since the previous flush, one row
     /// per token. On failure the tokens stay queued for the next flush.
+    /// Waits until no flush is running and keeps the next from starting while
+    /// the guard lives: the write-behind task can then be stopped without losing
+    /// a batch it had taken.
+    pub async fn pause_flushes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.flushing.lock().await
+    }
+
     pub async fn flush_last_used(&self) -> StoreResult<usize> {
         let inner = &*self.inner;
+        let _flushing = inner.flushing.lock().await;
         let used = std::mem::take(&mut *inner.used.lock().expect("lock poisoned"));
-        let mut latest: HashMap<i64, i64> = HashMap::with_capacity(used.len());
-        for token in &used {
-            let at = token.dequeue();
-            let entry = latest.entry(token.seq).or_insert(at);
-            *entry = (*entry).max(at);
-        }
-        let uses: Vec<(i64, i64)> = latest.into_iter().collect();
+        let uses: Vec<(i64, i64)> = used
+            .iter()
+            .map(|(&seq, token)| (seq, token.dequeue()))
+            .collect();
         if uses.is_empty() {
             return Ok(0);
         }
         if let Err(err) = inner.store.record_last_used(&uses).await {
             let mut queue = inner.used.lock().expect("lock poisoned");
-            queue.extend(used.into_iter().filter(|token| token.mark_queued()));
+            for (seq, token) in used {
+                if token.mark_queued() {
+                    queue.entry(seq).or_insert(token);
+                }
+            }
             return Err(err);
         }
         Ok(uses.len())
@@ -207,26 +276,26 @@ impl Verifier {
     /// changes may have been missed, and every answer then comes from storage.
     pub async fn follow_changes(self, interval: Duration) {
         let inner = &*self.inner;
-        // The first poll reads the whole (pruned) log: cheap, and independent of
-        // any difference between this clock and the database's.
-        let mut since = i64::MIN;
-        let mut seen: HashMap<i64, i64> = HashMap::new();
+        // The first read covers the whole (pruned) log.
+        let mut mark = ChangeMark::default();
+        // Changes the latest read returned: a Postgres read may return them again.
+        let mut seen: HashSet<i64> = HashSet::new();
         let mut last_prune = Instant::now();
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            match inner.store.changes_since(since).await {
-                Ok(changes) => {
+            match inner.store.changes_since(mark).await {
+                Ok((changes, next)) => {
+                    let mut returned = HashSet::with_capacity(changes.len());
                     for change in changes {
-                        if seen.insert(change.seq, change.changed_at).is_none() {
+                        if !seen.contains(&change.seq) {
                             inner.cache.invalidate(&change.secret_hash);
                         }
+                        returned.insert(change.seq);
                     }
-                    if let Some(newest) = seen.values().copied().max() {
-                        since = since.max(newest - CHANGE_OVERLAP_MICROS);
-                        seen.retain(|_, changed_at| *changed_at > since);
-                    }
+                    seen = returned;
+                    mark = next;
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot read token changes; cache dropped");

@@ -25,10 +25,14 @@ CREATE INDEX tokens_by_owner ON tokens (account, subject, seq DESC);
 CREATE TABLE token_changes (
     seq         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     secret_hash BYTEA  NOT NULL,
-    changed_at  BIGINT NOT NULL
+    changed_at  BIGINT NOT NULL,
+    -- Transactions commit out of order: readers follow the log by transaction id
+    -- (see ChangeMark in src/store/mod.rs), never by seq or time.
+    txid        XID8   NOT NULL DEFAULT pg_current_xact_id()
 );
 
 CREATE INDEX token_changes_by_time ON token_changes (changed_at);
+CREATE INDEX token_changes_by_txid ON token_changes (txid);
 
 -- Triggers, so that changes from any writer (a server, the operator CLI, a manual
 -- UPDATE) are recorded. Times come from the database's clock.

@@ -21,7 +21,8 @@ CREATE TABLE tokens (
 CREATE INDEX tokens_by_owner ON tokens (account, subject, seq DESC);
 
 -- Every revoke or delete, by the server or the operator CLI, so that every server
--- process drops the token from its cache (each polls this table). Pruned after a day.
+-- process drops the token from its cache (each polls this table by seq: SQLite has
+-- one writer at a time, so seq follows commit order). Pruned after a day.
 CREATE TABLE token_changes (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     secret_hash BLOB    NOT NULL,

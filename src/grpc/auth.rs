@@ -7,7 +7,7 @@ use tonic::metadata::MetadataMap;
 use crate::model::{InvalidArgument, Owner};
 use crate::scope::{MANAGE_TOKENS, ScopeSet};
 use crate::store::StoreError;
-use crate::verifier::{Inactive, Verifier};
+use crate::verifier::{Inactive, Lane, Verifier};
 
 /// An authenticated caller of the management API.
 #[derive(Debug)]
@@ -21,7 +21,7 @@ pub struct Caller {
 /// token-management scope. Messages say what is wrong but never echo the token.
 pub async fn authenticate(verifier: &Verifier, metadata: &MetadataMap) -> Result<Caller, Status> {
     let presented = bearer_token(metadata)?;
-    let token = match verifier.verify(presented).await? {
+    let token = match verifier.verify(presented, Lane::Management).await? {
         Ok(token) => token,
         Err(inactive) => {
             tracing::debug!(reason = ?inactive, "caller token inactive");

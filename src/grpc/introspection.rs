@@ -7,7 +7,7 @@ use crate::clock;
 use crate::proto;
 use crate::proto::introspection_service_server::IntrospectionService;
 use crate::scope::ScopeSet;
-use crate::verifier::Verifier;
+use crate::verifier::{Lane, Verifier};
 
 pub const TOKEN_TYPE: &str = "Bearer";
 
@@ -34,7 +34,11 @@ impl IntrospectionService for IntrospectionApi {
         let required = ScopeSet::parse(&request.required_scopes)
             .map_err(|unknown| Status::invalid_argument(format!("required_scopes: {unknown}")))?;
         // Storage errors propagate as UNAVAILABLE/INTERNAL: fail closed.
-        let token = match self.verifier.verify(&request.token).await? {
+        let token = match self
+            .verifier
+            .verify(&request.token, Lane::Introspect)
+            .await?
+        {
             Ok(token) => token,
             Err(reason) => {
                 tracing::debug!(?reason, "introspect: inactive");

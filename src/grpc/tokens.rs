@@ -153,9 +153,11 @@ impl TokenService for TokenApi {
         let caller = self.caller(&request).await?;
         let id = requested_id(&request.get_ref().id)?;
         let now = clock::now_micros();
-        let revoked = self.verifier.store().revoke(&caller.owner, id, now).await?;
-        let (record, hash) = revoked.ok_or_else(|| not_found(id))?;
-        self.verifier.forget(&hash);
+        let revoked = self
+            .verifier
+            .revoke(caller.owner, id.to_owned(), now)
+            .await?;
+        let record = revoked.ok_or_else(|| not_found(id))?;
         tracing::info!(token_id = %id, revoked_by = %caller.token_id, "token revoked");
         Ok(Response::new(token_message(record, now)))
     }
@@ -167,8 +169,9 @@ impl TokenService for TokenApi {
     ) -> Result<Response<proto::DeleteTokenResponse>, Status> {
         let caller = self.caller(&request).await?;
         let id = requested_id(&request.get_ref().id)?;
-        let hash = self.verifier.store().delete(&caller.owner, id).await?;
-        self.verifier.forget(&hash.ok_or_else(|| not_found(id))?);
+        if !self.verifier.delete(caller.owner, id.to_owned()).await? {
+            return Err(not_found(id));
+        }
         tracing::info!(token_id = %id, deleted_by = %caller.token_id, "token deleted");
         Ok(Response::new(proto::DeleteTokenResponse {}))
     }

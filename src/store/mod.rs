@@ -34,7 +34,23 @@ impl DatabaseUrl {
 
     /// The URL with any password replaced by `***`, for logs and messages.
     pub fn redacted(&self) -> String {
-        let url = &self.0;
+        let url = match self.0.split_once('?') {
+            // A password may also be a query parameter (`?password=...`).
+            Some((base, query)) => {
+                let params: Vec<String> = query
+                    .split('&')
+                    .map(|param| match param.split_once('=') {
+                        Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                            format!("{key}=***")
+                        }
+                        _ => param.to_owned(),
+                    })
+                    .collect();
+                format!("{base}?{}", params.join("&"))
+            }
+            None => self.0.clone(),
+        };
+        let url = &url;
         let Some(scheme_end) = url.find("://") else {
             return url.clone();
         };
@@ -103,15 +119,30 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// Database error codes that mean "try again later", not "this request is wrong":
+/// SQLite busy/locked; Postgres serialization failure, deadlock, too many
+/// connections, and a server shutting down or starting.
+const TRANSIENT_CODES: [&str; 9] = [
+    "5", "6", "40001", "40P01", "53300", "57P01", "57P02", "57P03", "08006",
+];
+
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
-        match err {
+        let transient = match &err {
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
-            err => StoreError::Failed(err),
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|code| TRANSIENT_CODES.contains(&code.as_ref())),
+            _ => false,
+        };
+        if transient {
+            StoreError::Unavailable(err)
+        } else {
+            StoreError::Failed(err)
         }
     }
 }
@@ -267,8 +298,17 @@ pub struct Change {
     pub seq: i64,
     #[sqlx(try_from = "Vec<u8>")]
     pub secret_hash: SecretHash,
-    pub changed_at: i64,
 }
+
+/// How far the change log has been read, so that no committed change is ever
+/// skipped. SQLite has one writer at a time, so `seq` follows commit order and the
+/// mark is the last `seq` read. Postgres transactions commit in any order, so the
+/// mark is the oldest transaction id still running at the previous read: every
+/// change from an older transaction had committed (or aborted) by then, and every
+/// change from a newer one is read again until its transaction is older than the
+/// mark. Re-read changes are recognised by `seq`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChangeMark(i64);
 
 /// The columns of a [`TokenRow`], as a literal for `concat!`.
 macro_rules! columns {
@@ -574,16 +614,29 @@ impl Store {
             .map_err(|err| StoreError::Failed(sqlx::Error::Decode(Box::new(err))))
     }
 
-    /// Revokes and deletes recorded after `since` (database clock, microseconds),
-    /// oldest first.
-    pub async fn changes_since(&self, since: i64) -> StoreResult<Vec<Change>> {
-        const SQL: &str = "SELECT seq, secret_hash, changed_at FROM token_changes \
-            WHERE changed_at > $1 ORDER BY changed_at";
-        let changes = on_pool!(self, pool => sqlx::query_as(SQL)
-            .bind(since)
-            .fetch_all(pool)
-            .await)?;
-        Ok(changes)
+    /// Revokes and deletes recorded since `mark` (see [`ChangeMark`]; the default
+    /// mark reads the whole log), and the mark for the next read.
+    pub async fn changes_since(&self, mark: ChangeMark) -> StoreResult<(Vec<Change>, ChangeMark)> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                const SQL: &str =
+                    "SELECT seq, secret_hash FROM token_changes WHERE seq > $1 ORDER BY seq";
+                let changes: Vec<Change> = sqlx::query_as(SQL).bind(mark.0).fetch_all(pool).await?;
+                let next = changes.last().map_or(mark, |change| ChangeMark(change.seq));
+                Ok((changes, next))
+            }
+            Backend::Postgres(pool) => {
+                // The horizon is taken first: what committed before it is visible
+                // to the read that follows.
+                const HORIZON: &str =
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::TEXT::BIGINT";
+                const SQL: &str = "SELECT seq, secret_hash FROM token_changes \
+                    WHERE txid >= $1::BIGINT::TEXT::XID8 ORDER BY seq";
+                let (horizon,): (i64,) = sqlx::query_as(HORIZON).fetch_one(pool).await?;
+                let changes = sqlx::query_as(SQL).bind(mark.0).fetch_all(pool).await?;
+                Ok((changes, ChangeMark(horizon)))
+            }
+        }
     }
 
     /// Forgets changes recorded before `before`.
@@ -657,6 +710,11 @@ mod tests {
             "postgres://patd:***@db.internal:5432/patd?sslmode=require"
         );
         assert!(!format!("{url:?}").contains("s3cret"));
+        let in_query = DatabaseUrl::new("postgres://patd@db/patd?sslmode=require&password=s3cret");
+        assert_eq!(
+            in_query.redacted(),
+            "postgres://patd@db/patd?sslmode=require&password=***"
+        );
         for plain in [
             "postgres://postgres@127.0.0.1/test",
             "sqlite:patd.db",

@@ -12,10 +12,10 @@ use patd::proto::{
     RevokeTokenRequest,
 };
 use patd::server::ServerSettings;
-use patd::verifier::{Inactive, Verifier};
+use patd::verifier::{Inactive, Lane, Verifier};
 
 use crate::backend_tests;
-use crate::helpers::{TestApp, authed};
+use crate::helpers::{Backend, TestApp, authed};
 
 async fn introspect(app: &TestApp, token: &str) -> IntrospectResponse {
     let request = IntrospectRequest {
@@ -73,11 +73,21 @@ async fn preload_fills_the_cache_newest_first_up_to_capacity(app: TestApp) {
     assert_eq!(everything.preload().await.unwrap(), 6);
     let before = lookups(&app);
     assert_eq!(
-        everything.verify(&revoked).await.unwrap().unwrap_err(),
+        everything
+            .verify(&revoked, Lane::Introspect)
+            .await
+            .unwrap()
+            .unwrap_err(),
         Inactive::Revoked
     );
     for secret in &minted {
-        assert!(everything.verify(secret).await.unwrap().is_ok());
+        assert!(
+            everything
+                .verify(secret, Lane::Introspect)
+                .await
+                .unwrap()
+                .is_ok()
+        );
     }
     assert_eq!(
         lookups(&app),
@@ -89,7 +99,13 @@ async fn preload_fills_the_cache_newest_first_up_to_capacity(app: TestApp) {
     let newest = verifier(3);
     assert_eq!(newest.preload().await.unwrap(), 3);
     let before = lookups(&app);
-    assert!(newest.verify(&minted[0]).await.unwrap().is_ok());
+    assert!(
+        newest
+            .verify(&minted[0], Lane::Introspect)
+            .await
+            .unwrap()
+            .is_ok()
+    );
     assert_eq!(
         lookups(&app),
         before + 1,
@@ -312,3 +328,41 @@ backend_tests!(
     last_used_at_is_written_behind_once_per_interval with short_flush_interval,
     last_used_at_is_flushed_on_graceful_shutdown with long_flush_interval,
 );
+
+/// Postgres commits transactions in any order: a revoke whose transaction started
+/// first but commits after later changes were read must still arrive. (SQLite has
+/// one writer at a time, so the situation cannot arise there.)
+#[tokio::test]
+async fn postgres_a_revoke_committed_late_still_arrives() {
+    use sqlx::{ConnectOptions, Executor};
+    let Some(app) = TestApp::spawn_with(Backend::Postgres, TestApp::settings()).await else {
+        return;
+    };
+    let (late, late_record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    let (early, early_record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    assert!(app.is_active(&late).await && app.is_active(&early).await);
+
+    let options: sqlx::postgres::PgConnectOptions = app.database_url.expose().parse().unwrap();
+    let mut slow = options.connect().await.unwrap();
+    slow.execute("BEGIN").await.unwrap();
+    let revoke = format!(
+        "UPDATE tokens SET revoked_at = 1 WHERE id = '{}'",
+        late_record.id
+    );
+    slow.execute(revoke.as_str()).await.unwrap();
+
+    // A later transaction commits first, and the server reads it.
+    let other = TestApp::connect_store(&app.database_url).await;
+    let owner = &early_record.owner;
+    other
+        .revoke(owner, &early_record.id, clock::now_micros())
+        .await
+        .unwrap()
+        .unwrap();
+    app.wait_until_inactive(&early).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app.is_active(&late).await, "not committed yet");
+
+    slow.execute("COMMIT").await.unwrap();
+    app.wait_until_inactive(&late).await;
+}

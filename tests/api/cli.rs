@@ -96,7 +96,10 @@ async fn operator_commands_mint_list_revoke_and_delete(app: TestApp) {
 async fn operator_commands_refuse_bad_input_with_exit_code_1(app: TestApp) {
     let create = "token create --subject a --account b --name n";
     let cases = [
-        (format!("{create} --scopes nope"), "unknown scope \"nope\""),
+        (
+            format!("{create} --scopes nope:read"),
+            "unknown scope \"nope:read\"",
+        ),
         (
             "token create --subject= --account b --name n --scopes tag:read".to_owned(),
             "subject is required",

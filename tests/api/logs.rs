@@ -75,9 +75,10 @@ async fn no_secret_reaches_the_log(app: TestApp) {
         let random = &secret[5..45];
         assert!(!log.contains(random), "a secret reached the log");
     }
+    // Not the header's value, and not even its name: no layer logs request headers.
     assert!(
-        !log.to_lowercase().contains("authorization:"),
-        "an authorization header reached the log"
+        !log.to_lowercase().contains("authorization"),
+        "the authorization header reached the log"
     );
     assert!(!log.contains("Bearer patd_"));
 

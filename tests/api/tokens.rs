@@ -131,7 +131,7 @@ async fn invalid_create_requests_are_invalid_argument(app: TestApp) {
         (create("ci", &[]), "at least one scope"),
         (
             create("ci", &["tag:read", "tag:reed", "nope"]),
-            "unknown scope \"tag:reed\", \"nope\"",
+            "unknown scope \"tag:reed\", (a name without ':')",
         ),
         (
             CreateTokenRequest {
