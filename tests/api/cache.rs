@@ -17,19 +17,6 @@ use patd::verifier::{Inactive, Lane, Verifier};
 use crate::backend_tests;
 use crate::helpers::{Backend, TestApp, authed};
 
-async fn introspect(app: &TestApp, token: &str) -> IntrospectResponse {
-    let request = IntrospectRequest {
-        token: token.to_owned(),
-        required_scopes: vec![],
-    };
-    app.introspection()
-        .await
-        .introspect(request)
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 fn lookups(app: &TestApp) -> u64 {
     app.store.stats().hash_lookups.load(Ordering::Relaxed)
 }
@@ -43,9 +30,9 @@ async fn repeated_introspection_reads_storage_once_and_writes_nothing(app: TestA
     let unknown = app.format.generate().expose().to_owned();
     let (lookups_before, writes_before) = (lookups(&app), writes(&app));
     for _ in 0..50 {
-        assert!(introspect(&app, &secret).await.active);
-        assert!(!introspect(&app, &unknown).await.active);
-        assert!(!introspect(&app, "patd_junk").await.active);
+        assert!(app.introspect(&secret, &[]).await.active);
+        assert!(!app.introspect(&unknown, &[]).await.active);
+        assert!(!app.introspect("patd_junk", &[]).await.active);
     }
     assert_eq!(
         lookups(&app) - lookups_before,
@@ -149,7 +136,7 @@ async fn a_flood_of_unknown_tokens_leaves_room_for_management_calls(app: TestApp
     // Each unknown secret reached storage once; again within the TTL, never.
     let before = lookups(&app);
     for token in &unknown[..50] {
-        assert!(!introspect(&app, token).await.active);
+        assert!(!app.introspect(token, &[]).await.active);
     }
     assert_eq!(lookups(&app), before);
 }
@@ -158,8 +145,8 @@ async fn revoke_and_delete_take_effect_on_the_next_call_with_a_warm_cache(app: T
     let manager = app.manager("alice", &["tag:read"]).await;
     let (revoked, revoked_record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
     let (deleted, deleted_record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
-    assert!(introspect(&app, &revoked).await.active);
-    assert!(introspect(&app, &deleted).await.active);
+    assert!(app.introspect(&revoked, &[]).await.active);
+    assert!(app.introspect(&deleted, &[]).await.active);
     let mut tokens = app.tokens().await;
     tokens
         .revoke_token(authed(
@@ -180,11 +167,11 @@ async fn revoke_and_delete_take_effect_on_the_next_call_with_a_warm_cache(app: T
         .await
         .unwrap();
     assert_eq!(
-        introspect(&app, &revoked).await,
+        app.introspect(&revoked, &[]).await,
         IntrospectResponse::default()
     );
     assert_eq!(
-        introspect(&app, &deleted).await,
+        app.introspect(&deleted, &[]).await,
         IntrospectResponse::default()
     );
 }
@@ -192,8 +179,8 @@ async fn revoke_and_delete_take_effect_on_the_next_call_with_a_warm_cache(app: T
 async fn changes_by_other_processes_arrive_within_the_poll_interval(app: TestApp) {
     let (revoked, revoked_record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
     let (deleted, deleted_record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
-    assert!(introspect(&app, &revoked).await.active);
-    assert!(introspect(&app, &deleted).await.active);
+    assert!(app.introspect(&revoked, &[]).await.active);
+    assert!(app.introspect(&deleted, &[]).await.active);
     // Another process (the operator CLI, another replica) on the same database.
     let other = TestApp::connect_store(&app.database_url).await;
     let changed = Instant::now();
@@ -228,11 +215,11 @@ async fn expiry_takes_effect_at_its_instant_whatever_the_cache_holds(app: TestAp
         .mint(("alice", "acme"), &["tag:read"], Some(expires_at))
         .await;
     assert!(
-        introspect(&app, &secret).await.active,
+        app.introspect(&secret, &[]).await.active,
         "cached while active"
     );
     while clock::now_micros() < expires_at - 50_000 {
-        assert!(introspect(&app, &secret).await.active);
+        assert!(app.introspect(&secret, &[]).await.active);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_micros(
@@ -240,7 +227,7 @@ async fn expiry_takes_effect_at_its_instant_whatever_the_cache_holds(app: TestAp
     ))
     .await;
     assert!(
-        !introspect(&app, &secret).await.active,
+        !app.introspect(&secret, &[]).await.active,
         "inactive from expires_at on"
     );
 }
@@ -274,7 +261,7 @@ async fn last_used_at_is_written_behind_once_per_interval(app: TestApp) {
     let used_at = clock::now_micros();
     let writes_before = writes(&app);
     for _ in 0..20 {
-        introspect(&app, &secret).await;
+        app.introspect(&secret, &[]).await;
     }
     let deadline = Instant::now() + Duration::from_secs(3);
     let last_used = loop {
@@ -302,7 +289,7 @@ async fn last_used_at_is_written_behind_once_per_interval(app: TestApp) {
 
 async fn last_used_at_is_flushed_on_graceful_shutdown(app: TestApp) {
     let (secret, record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
-    introspect(&app, &secret).await;
+    app.introspect(&secret, &[]).await;
     let reader = TestApp::connect_store(&app.database_url).await;
     assert!(
         reader

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use patd::clock;
 use patd::model::{Owner, TokenRecord, TokenSpec, parse_scopes};
-use patd::proto::IntrospectRequest;
 use patd::proto::introspection_service_client::IntrospectionServiceClient;
 use patd::proto::token_service_client::TokenServiceClient;
+use patd::proto::{IntrospectRequest, IntrospectResponse};
 use patd::server::{self, ServerSettings};
 use patd::store::{DatabaseUrl, Store, StoreOptions};
 use patd::telemetry::{self, LogFormat};
@@ -248,12 +248,19 @@ impl TestApp {
 
     /// Whether Introspect calls `secret` active.
     pub async fn is_active(&self, secret: &str) -> bool {
+        self.introspect(secret, &[]).await.active
+    }
+
+    /// Introspect's answer for `token` (which must not be an error status).
+    pub async fn introspect(&self, token: &str, required: &[&str]) -> IntrospectResponse {
         let request = IntrospectRequest {
-            token: secret.to_owned(),
-            required_scopes: vec![],
+            token: token.to_owned(),
+            required_scopes: required.iter().map(|s| s.to_string()).collect(),
         };
         let answer = self.introspection().await.introspect(request).await;
-        answer.expect("introspection answers").into_inner().active
+        answer
+            .expect("introspection answers, it does not fail")
+            .into_inner()
     }
 
     /// Polls until Introspect calls `secret` inactive; panics after 3 s.

@@ -16,15 +16,6 @@ fn request(token: &str, required: &[&str]) -> IntrospectRequest {
     }
 }
 
-async fn introspect(app: &TestApp, token: &str, required: &[&str]) -> IntrospectResponse {
-    app.introspection()
-        .await
-        .introspect(request(token, required))
-        .await
-        .expect("introspection answers, it does not fail")
-        .into_inner()
-}
-
 async fn active_token_says_whose_it_is_and_what_it_grants(app: TestApp) {
     let expires_at = clock::now_micros() + 3_600_000_000;
     let (secret, record) = app
@@ -34,7 +25,7 @@ async fn active_token_says_whose_it_is_and_what_it_grants(app: TestApp) {
             Some(expires_at),
         )
         .await;
-    let answer = introspect(&app, &secret, &[]).await;
+    let answer = app.introspect(&secret, &[]).await;
     assert_eq!(
         answer,
         IntrospectResponse {
@@ -60,18 +51,17 @@ async fn missing_scopes_lists_what_the_token_lacks(app: TestApp) {
             None,
         )
         .await;
-    let answer = introspect(
-        &app,
-        &secret,
-        &["license:read", "license:write", "webhook:read"],
-    )
-    .await;
+    let answer = app
+        .introspect(&secret, &["license:read", "license:write", "webhook:read"])
+        .await;
     assert!(
         answer.active,
         "lacking scopes leaves the token active; the caller decides"
     );
     assert_eq!(answer.missing_scopes, vec!["license:write", "webhook:read"]);
-    let held = introspect(&app, &secret, &["licenseTemaplate:write", "license:read"]).await;
+    let held = app
+        .introspect(&secret, &["licenseTemaplate:write", "license:read"])
+        .await;
     assert!(
         held.missing_scopes.is_empty(),
         "the alias names a scope the token holds"
@@ -128,11 +118,11 @@ async fn bad_tokens_are_inactive_with_nothing_else_said(app: TestApp) {
         record.id.clone(),
     ];
     for token in &junk {
-        let answer = introspect(&app, token, &["license:read"]).await;
+        let answer = app.introspect(token, &["license:read"]).await;
         assert_eq!(answer, IntrospectResponse::default(), "{:.40}", token);
     }
     assert!(
-        introspect(&app, &valid, &[]).await.active,
+        app.introspect(&valid, &[]).await.active,
         "the valid token is untouched"
     );
 }
@@ -142,11 +132,11 @@ async fn token_turns_inactive_when_it_expires(app: TestApp) {
     let (secret, _) = app
         .mint(("alice", "acme"), &["license:read"], Some(expires_at))
         .await;
-    assert!(introspect(&app, &secret, &[]).await.active);
+    assert!(app.introspect(&secret, &[]).await.active);
     let until_expiry = Duration::from_micros((expires_at - clock::now_micros()).max(0) as u64);
     tokio::time::sleep(until_expiry + Duration::from_millis(50)).await;
     assert_eq!(
-        introspect(&app, &secret, &[]).await,
+        app.introspect(&secret, &[]).await,
         IntrospectResponse::default()
     );
 }

@@ -92,16 +92,7 @@ async fn create_returns_the_secret_once_and_the_token(app: TestApp) {
     }
 
     // And it works: the new token may introspect as what it is.
-    let introspected = app
-        .introspection()
-        .await
-        .introspect(proto::IntrospectRequest {
-            token: created.secret.clone(),
-            required_scopes: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let introspected = app.introspect(&created.secret, &[]).await;
     assert!(introspected.active);
     assert_eq!(introspected.token_id, token.id);
 }
@@ -462,16 +453,7 @@ async fn revoke_is_idempotent_and_ends_the_token(app: TestApp) {
         .into_inner();
     assert_eq!(second, first, "a second revoke changes nothing");
 
-    let introspected = app
-        .introspection()
-        .await
-        .introspect(proto::IntrospectRequest {
-            token: created.secret.clone(),
-            required_scopes: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let introspected = app.introspect(&created.secret, &[]).await;
     assert!(!introspected.active);
     assert_status(
         client
@@ -518,16 +500,7 @@ async fn delete_removes_the_token(app: TestApp) {
         .await
         .unwrap();
     assert_id_rpcs_fail(&app, &manager, &id, Code::NotFound, &id).await;
-    let introspected = app
-        .introspection()
-        .await
-        .introspect(proto::IntrospectRequest {
-            token: created.secret,
-            required_scopes: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let introspected = app.introspect(&created.secret, &[]).await;
     assert_eq!(introspected, proto::IntrospectResponse::default());
 }
 
