@@ -85,6 +85,16 @@ struct ServeArgs {
     /// Longest a cached answer is reused without a change notice [default: 10m]
     #[arg(long, env = "PATD_CACHE_TTL", value_parser = humantime::parse_duration)]
     cache_ttl: Option<Duration>,
+    /// Calls in flight before new ones are refused with RESOURCE_EXHAUSTED
+    /// (health checks exempt) [default: 512]
+    #[arg(long, env = "PATD_MAX_IN_FLIGHT")]
+    max_in_flight: Option<usize>,
+    /// Longest a call may run before it is cancelled [default: 10s]
+    #[arg(long, env = "PATD_CALL_TIMEOUT", value_parser = humantime::parse_duration)]
+    call_timeout: Option<Duration>,
+    /// Largest request message accepted, in bytes [default: 131072]
+    #[arg(long, env = "PATD_MAX_MESSAGE_BYTES")]
+    max_message_bytes: Option<usize>,
     /// Load tokens into the cache at start, after SERVING [default: true]
     #[arg(long, env = "PATD_PRELOAD_CACHE")]
     preload_cache: Option<bool>,
@@ -151,6 +161,9 @@ impl Cli {
             negative_cache_capacity: serve.and_then(|args| args.negative_cache_capacity),
             cache_ttl: serve.and_then(|args| args.cache_ttl),
             preload_cache: serve.and_then(|args| args.preload_cache),
+            max_in_flight: serve.and_then(|args| args.max_in_flight),
+            call_timeout: serve.and_then(|args| args.call_timeout),
+            max_message_bytes: serve.and_then(|args| args.max_message_bytes),
             change_poll_interval: serve.and_then(|args| args.change_poll_interval),
             last_used_interval: serve.and_then(|args| args.last_used_interval),
         })

@@ -38,6 +38,9 @@ struct FileConfig {
     negative_cache_capacity: Option<usize>,
     cache_ttl: Option<String>,
     preload_cache: Option<bool>,
+    max_in_flight: Option<usize>,
+    call_timeout: Option<String>,
+    max_message_bytes: Option<usize>,
     change_poll_interval: Option<String>,
     last_used_interval: Option<String>,
 }
@@ -57,6 +60,9 @@ pub struct Overrides {
     pub negative_cache_capacity: Option<usize>,
     pub cache_ttl: Option<Duration>,
     pub preload_cache: Option<bool>,
+    pub max_in_flight: Option<usize>,
+    pub call_timeout: Option<Duration>,
+    pub max_message_bytes: Option<usize>,
     pub change_poll_interval: Option<Duration>,
     pub last_used_interval: Option<Duration>,
 }
@@ -149,7 +155,26 @@ impl Config {
             )?,
             ..defaults
         };
+        let limits = &mut server.limits;
+        limits.call_timeout = duration(
+            "call_timeout",
+            overrides.call_timeout,
+            &file.call_timeout,
+            limits.call_timeout,
+        )?;
+        limits.max_in_flight = overrides
+            .max_in_flight
+            .or(file.max_in_flight)
+            .unwrap_or(limits.max_in_flight);
+        limits.max_message_bytes = overrides
+            .max_message_bytes
+            .or(file.max_message_bytes)
+            .unwrap_or(limits.max_message_bytes);
+        if limits.max_in_flight == 0 || limits.max_message_bytes == 0 {
+            return Err("max_in_flight and max_message_bytes must be at least 1".to_owned());
+        }
         for (key, value) in [
+            ("call_timeout", server.limits.call_timeout),
             ("change_poll_interval", server.change_poll_interval),
             ("last_used_interval", server.last_used_interval),
             ("shutdown_grace", server.shutdown_grace),

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod grpc;
 pub mod model;
+pub mod overload;
 pub mod scope;
 pub mod server;
 pub mod store;

@@ -12,6 +12,7 @@ use tonic_health::server::HealthReporter;
 use crate::cache::CacheSettings;
 use crate::grpc::introspection::IntrospectionApi;
 use crate::grpc::tokens::TokenApi;
+use crate::overload::ShedLayer;
 use crate::proto::introspection_service_server::IntrospectionServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::store::Store;
@@ -42,6 +43,7 @@ pub struct ServerSettings {
     pub last_used_interval: Duration,
     /// Fill the cache from storage at start (in the background, after SERVING).
     pub preload_cache: bool,
+    pub limits: Limits,
 }
 
 impl Default for ServerSettings {
@@ -57,6 +59,40 @@ impl Default for ServerSettings {
             change_poll_interval: Duration::from_secs(1),
             last_used_interval: Duration::from_secs(60),
             preload_cache: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// HTTP/2 pings find dead peers (and keep idle connections through middleboxes).
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bounds that keep one caller, or a burst, from taking the server down.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Calls in flight across all connections (health checks excepted); more
+    /// are refused with RESOURCE_EXHAUSTED at once.
+    pub max_in_flight: usize,
+    /// A call still running after this is cancelled (CANCELLED to the caller).
+    pub call_timeout: Duration,
+    /// Largest decoded request message; a larger one is refused.
+    pub max_message_bytes: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Largest header block (metadata) a request may send.
+    pub max_header_list_bytes: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_in_flight: 512,
+            call_timeout: Duration::from_secs(10),
+            // A 100 KB junk token must still get its `active: false`.
+            max_message_bytes: 128 * 1024,
+            max_concurrent_streams: 256,
+            max_header_list_bytes: 16 * 1024,
         }
     }
 }
@@ -163,15 +199,27 @@ pub async fn run(
         Err(err) => tracing::error!(error = %err, "storage unreachable: reporting NOT_SERVING"),
     }
 
+    let limits = &settings.limits;
     let serve = tonic::transport::Server::builder()
+        .timeout(limits.call_timeout)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        // Shed before logging: under overload, refusals are cheap and unlogged.
+        .layer(ShedLayer::new(limits.max_in_flight))
         .layer(CallLogLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(TokenServiceServer::new(TokenApi::new(verifier.clone())))
-        .add_service(IntrospectionServiceServer::new(IntrospectionApi::new(
-            verifier.clone(),
-        )))
+        .add_service(
+            TokenServiceServer::new(TokenApi::new(verifier.clone()))
+                .max_decoding_message_size(limits.max_message_bytes),
+        )
+        .add_service(
+            IntrospectionServiceServer::new(IntrospectionApi::new(verifier.clone()))
+                .max_decoding_message_size(limits.max_message_bytes),
+        )
         .serve_with_incoming_shutdown(incoming, signal);
 
     let drain_deadline = async {
