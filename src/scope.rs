@@ -287,4 +287,26 @@ mod tests {
         );
         assert!(held.minus(held).is_empty());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #[test]
+            fn parsing_never_panics_and_messages_stay_short(names in prop::collection::vec(".{0,200}", 0..200)) {
+                match ScopeSet::parse(&names) {
+                    Ok(set) => prop_assert!(set.names().all(|name| CATALOG.iter().any(|d| d.name == name))),
+                    Err(unknown) => prop_assert!(unknown.to_string().len() < 1_000),
+                }
+            }
+
+            #[test]
+            fn stored_form_round_trips(bits in 0u32..(1 << 29)) {
+                let set = ScopeSet(bits);
+                prop_assert_eq!(ScopeSet::from_stored(&set.to_stored()), set);
+            }
+        }
+    }
 }

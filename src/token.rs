@@ -360,4 +360,33 @@ mod tests {
         assert!(!is_valid_id(&id[1..]));
         assert!(!is_valid_id(&format!("{}-", &id[1..])));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #[test]
+            fn parsing_arbitrary_text_never_panics(text in ".{0,300}") {
+                let _ = TokenFormat::default().parse(&text);
+            }
+
+            #[test]
+            fn token_shaped_text_parses_only_with_its_checksum(body in "[0-9A-Za-z]{49}") {
+                let format = TokenFormat::default();
+                let candidate = format!("patd_{body}");
+                let random = &body[..RANDOM_CHARS];
+                let genuine = format.compose(random);
+                prop_assert_eq!(format.parse(&candidate).is_some(), candidate == genuine.expose());
+            }
+
+            #[test]
+            fn composed_secrets_round_trip(random in "[0-9A-Za-z]{43}") {
+                let format = TokenFormat::default();
+                let secret = format.compose(&random);
+                prop_assert_eq!(format.parse(secret.expose()), Some(SecretHash::of(secret.expose())));
+            }
+        }
+    }
 }

@@ -723,4 +723,22 @@ mod tests {
             assert_eq!(DatabaseUrl::new(plain).redacted(), plain);
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #[test]
+            fn decoding_arbitrary_cursors_never_panics(text in ".{0,64}") {
+                let _ = Cursor::decode(&text);
+            }
+
+            #[test]
+            fn every_cursor_round_trips(seq in 1i64..) {
+                prop_assert_eq!(Cursor::decode(&Cursor(seq).encode()), Some(Cursor(seq)));
+            }
+        }
+    }
 }

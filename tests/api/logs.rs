@@ -6,7 +6,12 @@ use patd::proto::{
 use tonic::Request;
 
 use crate::backend_tests;
-use crate::helpers::{TestApp, authed, logs};
+use std::time::Duration;
+
+use patd::server::ServerSettings;
+use patd::store::DatabaseUrl;
+
+use crate::helpers::{Backend, TestApp, authed, logs};
 
 async fn no_secret_reaches_the_log(app: TestApp) {
     let manager = app.manager("alice", &["tag:read"]).await;
@@ -100,4 +105,95 @@ async fn no_secret_reaches_the_log(app: TestApp) {
     assert!(log.lines().any(|l| l.contains("/pat.v1.IntrospectionService/Introspect") && l.contains("code=Ok")));
 }
 
-backend_tests!(no_secret_reaches_the_log);
+/// Every byte patd keeps at rest, as text: the SQLite files, or every row of every
+/// table in the Postgres schema.
+async fn everything_stored(backend: Backend, database_url: &DatabaseUrl) -> Vec<u8> {
+    match backend {
+        Backend::Sqlite => {
+            let path = database_url
+                .expose()
+                .trim_start_matches("sqlite://")
+                .to_owned();
+            let mut bytes = Vec::new();
+            for suffix in ["", "-wal", "-shm"] {
+                if let Ok(file) = std::fs::read(format!("{path}{suffix}")) {
+                    bytes.extend(file);
+                }
+            }
+            bytes
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(database_url.expose()).await.unwrap();
+            let tables: Vec<(String,)> = sqlx::query_as(
+                "SELECT table_name::TEXT FROM information_schema.tables \
+                 WHERE table_schema = current_schema()",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            assert!(tables.iter().any(|(name,)| name == "tokens"));
+            let mut bytes = Vec::new();
+            for (table,) in tables {
+                let rows: Vec<(String,)> =
+                    sqlx::query_as(&format!("SELECT t::TEXT FROM \"{table}\" t"))
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                for (row,) in rows {
+                    bytes.extend(row.into_bytes());
+                }
+            }
+            pool.close().await;
+            bytes
+        }
+    }
+}
+
+fn quick_flush() -> ServerSettings {
+    ServerSettings {
+        last_used_interval: Duration::from_millis(200),
+        ..TestApp::settings()
+    }
+}
+
+async fn no_secret_is_stored_anywhere(app: TestApp) {
+    let manager = app.manager("alice", &["tag:read"]).await;
+    let mut tokens = app.tokens().await;
+    let mut secrets = vec![manager.clone()];
+    let mut ids = Vec::new();
+    for name in ["kept", "revoked", "deleted"] {
+        let request = CreateTokenRequest {
+            name: name.to_owned(),
+            scopes: vec!["tag:read".to_owned()],
+            expires_at: None,
+        };
+        let created = tokens
+            .create_token(authed(&manager, request))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(app.is_active(&created.secret).await);
+        secrets.push(created.secret);
+        ids.push(created.token.unwrap().id);
+    }
+    tokens
+        .revoke_token(authed(&manager, RevokeTokenRequest { id: ids[1].clone() }))
+        .await
+        .unwrap();
+    let delete = patd::proto::DeleteTokenRequest { id: ids[2].clone() };
+    tokens.delete_token(authed(&manager, delete)).await.unwrap();
+    // Let the write-behind flush, so that every kind of write patd makes happened.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = everything_stored(app.backend, &app.database_url).await;
+    let text = String::from_utf8_lossy(&stored);
+    assert!(text.contains(&ids[0]), "the scan sees the stored tokens");
+    for secret in &secrets {
+        let random = &secret[5..45];
+        assert!(!text.contains(random), "a secret is stored in plaintext");
+    }
+}
+
+backend_tests!(
+    no_secret_reaches_the_log,
+    no_secret_is_stored_anywhere with quick_flush,
+);
