@@ -573,6 +573,7 @@ pub async fn run(
         url: database_url.clone(),
         max_connections: 4,
         acquire_timeout: Duration::from_secs(30),
+        call_timeout: Duration::from_secs(300),
     };
     let store = Store::connect(&options, true).await?;
     seed(&store, &fixture, tokens).await?;

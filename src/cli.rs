@@ -15,7 +15,7 @@ use crate::clock;
 use crate::config::{Config, Overrides};
 use crate::model::{Owner, TokenRecord, TokenSpec, parse_scopes};
 use crate::server;
-use crate::store::{Cursor, DatabaseUrl, Store};
+use crate::store::{Connect, Cursor, DatabaseUrl, Store};
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
@@ -51,6 +51,9 @@ struct GlobalArgs {
     /// Storage connections per process [default: 4 for SQLite, 10 for Postgres]
     #[arg(long, env = "PATD_MAX_CONNECTIONS", global = true)]
     max_connections: Option<u32>,
+    /// Longest one storage call may take before it fails as UNAVAILABLE [default: 5s]
+    #[arg(long, env = "PATD_STORAGE_TIMEOUT", global = true, value_parser = humantime::parse_duration)]
+    storage_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +160,7 @@ impl Cli {
             log_format: global.log_format,
             shutdown_grace: serve.and_then(|args| args.shutdown_grace),
             max_connections: global.max_connections,
+            storage_timeout: global.storage_timeout,
             cache_capacity: serve.and_then(|args| args.cache_capacity),
             negative_cache_capacity: serve.and_then(|args| args.negative_cache_capacity),
             cache_ttl: serve.and_then(|args| args.cache_ttl),
@@ -204,18 +208,31 @@ pub async fn run(cli: Cli) -> CliResult {
 }
 
 async fn serve(config: &Config) -> CliResult {
-    tracing::info!(database = %config.database_url.redacted(), "connecting to storage");
-    let store = Store::connect(&config.store_options(), true).await?;
+    // Listen for SIGTERM/SIGINT from the start, even before storage is reached.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(());
+    });
+    tracing::info!(database = %config.database_url.redacted(), "opening storage");
+    let options = config.store_options();
+    let mut settings = config.server.clone();
+    let store = if config.database_url.is_postgres() {
+        // A fleet's database may come up after patd: serve NOT_SERVING meanwhile,
+        // then migrate and turn SERVING when it answers.
+        Store::open(&options, Connect::Lazily).await?
+    } else {
+        // A local file that cannot be opened or migrated will not fix itself.
+        settings.migrate = false;
+        Store::connect(&options, true).await?
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|err| format!("cannot listen on {}: {err}", config.listen))?;
-    server::run(
-        config.server.clone(),
-        store.clone(),
-        listener,
-        shutdown_signal(),
-    )
-    .await?;
+    let stop = async {
+        let _ = stop_rx.await;
+    };
+    server::run(settings, store.clone(), listener, stop).await?;
     store.close().await;
     Ok(())
 }

@@ -21,6 +21,7 @@ pub const DEFAULT_LOG: &str = "info";
 const DEFAULT_SQLITE_CONNECTIONS: u32 = 4;
 const DEFAULT_POSTGRES_CONNECTIONS: u32 = 10;
 const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The configuration file's keys; every one is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -34,6 +35,7 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     max_connections: Option<u32>,
     acquire_timeout: Option<String>,
+    storage_timeout: Option<String>,
     cache_capacity: Option<usize>,
     negative_cache_capacity: Option<usize>,
     cache_ttl: Option<String>,
@@ -56,6 +58,7 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     pub shutdown_grace: Option<Duration>,
     pub max_connections: Option<u32>,
+    pub storage_timeout: Option<Duration>,
     pub cache_capacity: Option<usize>,
     pub negative_cache_capacity: Option<usize>,
     pub cache_ttl: Option<Duration>,
@@ -75,6 +78,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    pub storage_timeout: Duration,
     pub server: ServerSettings,
 }
 
@@ -115,6 +119,12 @@ impl Config {
             None,
             &file.acquire_timeout,
             DEFAULT_ACQUIRE_TIMEOUT,
+        )?;
+        let storage_timeout = duration(
+            "storage_timeout",
+            overrides.storage_timeout,
+            &file.storage_timeout,
+            DEFAULT_STORAGE_TIMEOUT,
         )?;
         let database_url = DatabaseUrl::new(
             overrides
@@ -175,6 +185,7 @@ impl Config {
         }
         for (key, value) in [
             ("call_timeout", server.limits.call_timeout),
+            ("storage_timeout", storage_timeout),
             ("change_poll_interval", server.change_poll_interval),
             ("last_used_interval", server.last_used_interval),
             ("shutdown_grace", server.shutdown_grace),
@@ -222,6 +233,7 @@ impl Config {
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
             max_connections,
             acquire_timeout,
+            storage_timeout,
             server,
         })
     }
@@ -231,6 +243,7 @@ impl Config {
             url: self.database_url.clone(),
             max_connections: self.max_connections,
             acquire_timeout: self.acquire_timeout,
+            call_timeout: self.storage_timeout,
         }
     }
 

@@ -15,7 +15,7 @@ use crate::grpc::tokens::TokenApi;
 use crate::overload::ShedLayer;
 use crate::proto::introspection_service_server::IntrospectionServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::telemetry::CallLogLayer;
 use crate::token::TokenFormat;
 use crate::verifier::Verifier;
@@ -43,6 +43,8 @@ pub struct ServerSettings {
     pub last_used_interval: Duration,
     /// Fill the cache from storage at start (in the background, after SERVING).
     pub preload_cache: bool,
+    /// Apply migrations once storage is reachable (for stores opened lazily).
+    pub migrate: bool,
     pub limits: Limits,
 }
 
@@ -59,6 +61,7 @@ impl Default for ServerSettings {
             change_poll_interval: Duration::from_secs(1),
             last_used_interval: Duration::from_secs(60),
             preload_cache: true,
+            migrate: true,
             limits: Limits::default(),
         }
     }
@@ -123,6 +126,69 @@ impl std::fmt::Display for ServeError {
 
 impl std::error::Error for ServeError {}
 
+/// How often a serving server checks that storage still answers.
+const STORAGE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Retry delays while storage is unreachable: doubling from the first to the last.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Migrates (when asked) and pings storage; the error is logged by the caller.
+async fn storage_ready(store: &Store, migrate: bool) -> Result<(), StoreError> {
+    if migrate {
+        store.migrate().await?;
+    }
+    store.ping().await
+}
+
+/// Keeps health in step with storage: SERVING while it answers, NOT_SERVING
+/// (so meshes and Kubernetes drain this replica) while it does not, retrying with
+/// backoff. The first time storage is ready it starts the cache preload.
+async fn watch_storage(
+    store: Store,
+    reporter: HealthReporter,
+    migrate: bool,
+    first_attempt: Result<(), StoreError>,
+    preload: Option<Verifier>,
+) {
+    let mut migrated = first_attempt.is_ok();
+    let mut serving = None;
+    let mut retry = RETRY_FIRST;
+    let mut preloader = None;
+    let mut attempt = first_attempt;
+    loop {
+        match attempt {
+            Ok(()) => {
+                if serving != Some(true) {
+                    set_health(&reporter, ServingStatus::Serving).await;
+                    tracing::info!(backend = store.backend_name(), "storage ready: SERVING");
+                    serving = Some(true);
+                }
+                if let Some(verifier) = preload.as_ref().filter(|_| preloader.is_none()) {
+                    let verifier = verifier.clone();
+                    preloader = Some(AbortOnDrop(tokio::spawn(async move {
+                        if let Err(err) = verifier.preload().await {
+                            tracing::warn!(error = %err, "cache preload failed; tokens load on first use");
+                        }
+                    })));
+                }
+                retry = RETRY_FIRST;
+                tokio::time::sleep(STORAGE_CHECK_INTERVAL).await;
+            }
+            Err(err) => {
+                if serving != Some(false) {
+                    set_health(&reporter, ServingStatus::NotServing).await;
+                    serving = Some(false);
+                }
+                tracing::warn!(error = %err, retry_in = ?retry, "storage unreachable: NOT_SERVING");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+        attempt = storage_ready(&store, migrate && !migrated).await;
+        migrated |= attempt.is_ok();
+    }
+}
+
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     for service in HEALTH_SERVICES {
         reporter.set_service_status(service, status).await;
@@ -181,23 +247,18 @@ pub async fn run(
         let _ = draining_tx.send(());
     };
 
-    // Connections that arrive meanwhile wait in the listen backlog.
-    let mut preloader = None;
-    match store.ping().await {
-        Ok(()) => {
-            set_health(&reporter, ServingStatus::Serving).await;
-            tracing::info!(addr = %local_addr, backend = store.backend_name(), "serving");
-            if settings.preload_cache {
-                let verifier = verifier.clone();
-                preloader = Some(AbortOnDrop(tokio::spawn(async move {
-                    if let Err(err) = verifier.preload().await {
-                        tracing::warn!(error = %err, "cache preload failed; tokens load on first use");
-                    }
-                })));
-            }
-        }
-        Err(err) => tracing::error!(error = %err, "storage unreachable: reporting NOT_SERVING"),
-    }
+    // One attempt before serving, so that a healthy start is SERVING from the
+    // first call (connections meanwhile wait in the listen backlog); after that,
+    // a background watch retries, turns health on and off, and preloads.
+    let ready = storage_ready(&store, settings.migrate).await;
+    let watch = AbortOnDrop(tokio::spawn(watch_storage(
+        store.clone(),
+        reporter.clone(),
+        settings.migrate,
+        ready,
+        settings.preload_cache.then(|| verifier.clone()),
+    )));
+    tracing::info!(addr = %local_addr, backend = store.backend_name(), "listening");
 
     let limits = &settings.limits;
     let serve = tonic::transport::Server::builder()
@@ -238,7 +299,7 @@ pub async fn run(
     }
     // Stop the background tasks, but not in the middle of a last_used flush.
     let paused = verifier.pause_flushes().await;
-    drop((follower, writer, preloader));
+    drop((follower, writer, watch));
     drop(paused);
     match verifier.flush_last_used().await {
         Ok(written) => tracing::info!(written, "last_used_at flushed"),

@@ -92,6 +92,9 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long a call may wait for a pooled connection before it fails.
     pub acquire_timeout: Duration,
+    /// How long one storage call may take in all before it fails as unavailable
+    /// (a hung connection must not hang the RPC).
+    pub call_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -119,11 +122,13 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// Database error codes that mean "try again later", not "this request is wrong":
-/// SQLite busy/locked; Postgres serialization failure, deadlock, too many
-/// connections, and a server shutting down or starting.
-const TRANSIENT_CODES: [&str; 9] = [
-    "5", "6", "40001", "40P01", "53300", "57P01", "57P02", "57P03", "08006",
+/// Database error codes that mean "storage cannot serve this now", not "this
+/// request is wrong": SQLite busy, locked, read-only, I/O error, full, cannot
+/// open; Postgres serialization failure, deadlock, too many connections, server
+/// shutting down or starting, connection failure, statement timeout.
+const TRANSIENT_CODES: [&str; 14] = [
+    "5", "6", "8", "10", "13", "14", "40001", "40P01", "53300", "57P01", "57P02", "57P03", "08006",
+    "57014",
 ];
 
 impl From<sqlx::Error> for StoreError {
@@ -153,21 +158,32 @@ pub type StoreResult<T> = Result<T, StoreError>;
 async fn open_pool<DB: sqlx::Database>(
     options: &StoreOptions,
     connect: <DB::Connection as sqlx::Connection>::Options,
+    when: Connect,
 ) -> StoreResult<sqlx::Pool<DB>> {
+    let pool_options = sqlx::pool::PoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
+        // A ping before every query costs a round trip per lookup (97 -> 32 µs on
+        // SQLite, see perf-ceiling.md); a broken connection fails its query instead.
+        .test_before_acquire(false);
+    if when == Connect::Lazily {
+        return Ok(pool_options.connect_lazy_with(connect));
+    }
     // One direct connection first: it reports why storage is unreachable
     // (refused, authentication, unopenable file), where the pool would only
     // report that it timed out.
     let probe = sqlx::ConnectOptions::connect(&connect).await?;
     sqlx::Connection::close(probe).await?;
-    let pool = sqlx::pool::PoolOptions::new()
-        .max_connections(options.max_connections)
-        .acquire_timeout(options.acquire_timeout)
-        // A ping before every query costs a round trip per lookup (97 -> 32 µs on
-        // SQLite, see perf-ceiling.md); a broken connection fails its query instead.
-        .test_before_acquire(false)
-        .connect_with(connect)
-        .await?;
-    Ok(pool)
+    Ok(pool_options.connect_with(connect).await?)
+}
+
+/// Whether [`Store::open`] reaches storage before returning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connect {
+    /// Fail now if storage cannot be reached (operator commands, SQLite).
+    Now,
+    /// Connect on first use: a server starts while storage is still down.
+    Lazily,
 }
 
 /// A position in a newest-first listing: tokens strictly older than `seq` come next.
@@ -221,6 +237,13 @@ macro_rules! on_pool {
     };
 }
 
+/// [`on_pool!`] for a storage call, bounded by the store's call timeout.
+macro_rules! timed {
+    ($store:expr, $pool:ident => $body:expr) => {
+        $store.timed(async { on_pool!($store, $pool => $body) }).await
+    };
+}
+
 /// Statements issued, by kind: for tests that prove what does and does not reach
 /// storage, and for operators.
 #[derive(Debug, Default)]
@@ -241,6 +264,7 @@ impl StoreStats {
 pub struct Store {
     backend: Backend,
     stats: Arc<StoreStats>,
+    call_timeout: Duration,
 }
 
 #[derive(sqlx::FromRow)]
@@ -348,24 +372,44 @@ impl Store {
     /// Connects to the backend the URL names (`sqlite:` or `postgres://`) and applies
     /// the embedded migrations unless `migrate` is false.
     pub async fn connect(options: &StoreOptions, migrate: bool) -> StoreResult<Store> {
+        let store = Store::open(options, Connect::Now).await?;
+        if migrate {
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+
+    /// A store for the backend the URL names, connected now or on first use; no
+    /// migrations are applied.
+    pub async fn open(options: &StoreOptions, when: Connect) -> StoreResult<Store> {
         let backend = if options.url.is_sqlite() {
-            Backend::Sqlite(sqlite::connect(options).await?)
+            Backend::Sqlite(sqlite::connect(options, when).await?)
         } else if options.url.is_postgres() {
-            Backend::Postgres(postgres::connect(options).await?)
+            Backend::Postgres(postgres::connect(options, when).await?)
         } else {
             return Err(StoreError::Config(format!(
                 "database URL {} names no supported backend: use sqlite:PATH or postgres://...",
                 options.url.redacted()
             )));
         };
-        let store = Store {
+        Ok(Store {
             backend,
             stats: Arc::default(),
-        };
-        if migrate {
-            store.migrate().await?;
+            call_timeout: options.call_timeout,
+        })
+    }
+
+    async fn timed<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("storage call timed out after {:?}", self.call_timeout),
+            ))),
         }
-        Ok(store)
     }
 
     pub async fn migrate(&self) -> StoreResult<()> {
@@ -394,7 +438,7 @@ impl Store {
 
     /// A round trip to storage.
     pub async fn ping(&self) -> StoreResult<()> {
-        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))?;
+        timed!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))?;
         Ok(())
     }
 
@@ -412,7 +456,7 @@ impl Store {
     pub async fn insert_many(&self, tokens: &[NewToken]) -> StoreResult<()> {
         const COLUMNS: &str = "INSERT INTO tokens (id, secret_hash, name, subject, account, \
             scopes, hint, created_at, expires_at, revoked_at) VALUES ";
-        on_pool!(self, pool => async {
+        timed!(self, pool => async {
             let mut tx = pool.begin().await?;
             for chunk in tokens.chunks(INSERT_ROWS_PER_STATEMENT) {
                 let sql = format!("{COLUMNS}{}", values_list(chunk.len(), 10));
@@ -450,7 +494,7 @@ impl Store {
             ", secret_hash FROM tokens WHERE secret_hash = $1"
         );
         StoreStats::count(&self.stats.hash_lookups);
-        let row: Option<HashedTokenRow> = on_pool!(self, pool => sqlx::query_as(SQL)
+        let row: Option<HashedTokenRow> = timed!(self, pool => sqlx::query_as(SQL)
             .bind(&hash.0[..])
             .fetch_optional(pool)
             .await)?;
@@ -466,7 +510,7 @@ impl Store {
     pub async fn count_in_account(&self, account: &str) -> StoreResult<i64> {
         const SQL: &str = "SELECT COUNT(*) FROM tokens WHERE account = $1";
         let (count,): (i64,) =
-            on_pool!(self, pool => sqlx::query_as(SQL).bind(account).fetch_one(pool).await)?;
+            timed!(self, pool => sqlx::query_as(SQL).bind(account).fetch_one(pool).await)?;
         Ok(count)
     }
 
@@ -475,7 +519,7 @@ impl Store {
     pub async fn find_by_id(&self, id: &str) -> StoreResult<Option<TokenRecord>> {
         const SQL: &str = select!("WHERE id = $1");
         let row: Option<TokenRow> =
-            on_pool!(self, pool => sqlx::query_as(SQL).bind(id).fetch_optional(pool).await)?;
+            timed!(self, pool => sqlx::query_as(SQL).bind(id).fetch_optional(pool).await)?;
         Ok(row.map(Into::into))
     }
 
@@ -483,7 +527,7 @@ impl Store {
     #[tracing::instrument(skip_all, fields(token_id = %id))]
     pub async fn get(&self, owner: &Owner, id: &str) -> StoreResult<Option<TokenRecord>> {
         const SQL: &str = select!("WHERE id = $1 AND account = $2 AND subject = $3");
-        let row: Option<TokenRow> = on_pool!(self, pool => sqlx::query_as(SQL)
+        let row: Option<TokenRow> = timed!(self, pool => sqlx::query_as(SQL)
             .bind(id)
             .bind(&owner.account)
             .bind(&owner.subject)
@@ -510,14 +554,14 @@ impl Store {
         // One row more than asked says whether another page follows.
         let limit = i64::from(page_size) + 1;
         let mut rows: Vec<TokenRow> = match owner {
-            Some(owner) => on_pool!(self, pool => sqlx::query_as(OWNED)
+            Some(owner) => timed!(self, pool => sqlx::query_as(OWNED)
                 .bind(before)
                 .bind(&owner.account)
                 .bind(&owner.subject)
                 .bind(limit)
                 .fetch_all(pool)
                 .await),
-            None => on_pool!(self, pool => sqlx::query_as(ALL)
+            None => timed!(self, pool => sqlx::query_as(ALL)
                 .bind(before)
                 .bind(limit)
                 .fetch_all(pool)
@@ -548,7 +592,7 @@ impl Store {
             ", secret_hash FROM tokens WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
         );
         let before = cursor.map_or(i64::MAX, |cursor| cursor.0);
-        let rows: Vec<HashedTokenRow> = on_pool!(self, pool => sqlx::query_as(SQL)
+        let rows: Vec<HashedTokenRow> = timed!(self, pool => sqlx::query_as(SQL)
             .bind(before)
             .bind(i64::from(page_size))
             .fetch_all(pool)
@@ -588,7 +632,7 @@ impl Store {
             ", secret_hash"
         );
         StoreStats::count(&self.stats.writes);
-        let row: Option<HashedTokenRow> = on_pool!(self, pool => sqlx::query_as(SQL)
+        let row: Option<HashedTokenRow> = timed!(self, pool => sqlx::query_as(SQL)
             .bind(now)
             .bind(id)
             .bind(&owner.account)
@@ -603,7 +647,7 @@ impl Store {
     pub async fn delete(&self, owner: &Owner, id: &str) -> StoreResult<Option<SecretHash>> {
         const SQL: &str = "DELETE FROM tokens WHERE id = $1 AND account = $2 AND subject = $3 RETURNING secret_hash";
         StoreStats::count(&self.stats.writes);
-        let row: Option<(Vec<u8>,)> = on_pool!(self, pool => sqlx::query_as(SQL)
+        let row: Option<(Vec<u8>,)> = timed!(self, pool => sqlx::query_as(SQL)
             .bind(id)
             .bind(&owner.account)
             .bind(&owner.subject)
@@ -617,6 +661,13 @@ impl Store {
     /// Revokes and deletes recorded since `mark` (see [`ChangeMark`]; the default
     /// mark reads the whole log), and the mark for the next read.
     pub async fn changes_since(&self, mark: ChangeMark) -> StoreResult<(Vec<Change>, ChangeMark)> {
+        Ok(self.timed(self.read_changes(mark)).await?)
+    }
+
+    async fn read_changes(
+        &self,
+        mark: ChangeMark,
+    ) -> Result<(Vec<Change>, ChangeMark), sqlx::Error> {
         match &self.backend {
             Backend::Sqlite(pool) => {
                 const SQL: &str =
@@ -642,7 +693,7 @@ impl Store {
     /// Forgets changes recorded before `before`.
     pub async fn prune_changes(&self, before: i64) -> StoreResult<u64> {
         const SQL: &str = "DELETE FROM token_changes WHERE changed_at < $1";
-        let pruned = on_pool!(self, pool => sqlx::query(SQL)
+        let pruned = timed!(self, pool => sqlx::query(SQL)
             .bind(before)
             .execute(pool)
             .await
@@ -657,7 +708,7 @@ impl Store {
         // large installation, and must not hold SQLite's write lock (or a long
         // Postgres transaction) for all of it.
         for chunk in uses.chunks(LAST_USED_ROWS_PER_STATEMENT) {
-            on_pool!(self, pool => {
+            timed!(self, pool => {
                 // Both backends name the columns of a VALUES list column1, column2.
                 let sql = format!(
                     "UPDATE tokens SET last_used_at = v.column2 FROM (VALUES {}) AS v \

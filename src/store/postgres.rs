@@ -6,13 +6,13 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgConnectOptions;
 
-use super::{StoreError, StoreOptions, StoreResult};
+use super::{Connect, StoreError, StoreOptions, StoreResult};
 
 /// sqlx takes a Postgres advisory lock while migrating, so replicas starting at
 /// once apply each migration exactly once.
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
-pub async fn connect(options: &StoreOptions) -> StoreResult<PgPool> {
+pub async fn connect(options: &StoreOptions, when: Connect) -> StoreResult<PgPool> {
     let connect_options = PgConnectOptions::from_str(options.url.expose())
         .map_err(|err| {
             StoreError::Config(format!(
@@ -20,6 +20,12 @@ pub async fn connect(options: &StoreOptions) -> StoreResult<PgPool> {
                 options.url.redacted()
             ))
         })?
-        .application_name("patd");
-    super::open_pool(options, connect_options).await
+        .application_name("patd")
+        // The server gives up on a statement when patd would: a hung query must
+        // not hold a backend after its caller has been answered UNAVAILABLE.
+        .options([(
+            "statement_timeout",
+            format!("{}ms", options.call_timeout.as_millis()),
+        )]);
+    super::open_pool(options, connect_options, when).await
 }

@@ -7,11 +7,11 @@ use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
-use super::{StoreError, StoreOptions, StoreResult};
+use super::{Connect, StoreError, StoreOptions, StoreResult};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
-pub async fn connect(options: &StoreOptions) -> StoreResult<SqlitePool> {
+pub async fn connect(options: &StoreOptions, when: Connect) -> StoreResult<SqlitePool> {
     let connect_options = SqliteConnectOptions::from_str(options.url.expose())
         .map_err(|err| {
             StoreError::Config(format!(
@@ -29,5 +29,5 @@ pub async fn connect(options: &StoreOptions) -> StoreResult<SqlitePool> {
         // answered from patd's own cache, and the OS caches the file anyway.
         .pragma("cache_size", "-512")
         .foreign_keys(true);
-    super::open_pool(options, connect_options).await
+    super::open_pool(options, connect_options, when).await
 }

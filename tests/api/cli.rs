@@ -132,7 +132,7 @@ async fn operator_commands_refuse_bad_input_with_exit_code_1(app: TestApp) {
     );
 }
 
-/// Waits for the JSON log line announcing the address, and returns it.
+/// Waits for the JSON log line announcing the listening address, and returns it.
 fn serving_address(child: &mut Child) -> String {
     let stderr = child.stderr.take().unwrap();
     let (lines_tx, lines_rx) = mpsc::channel();
@@ -146,7 +146,7 @@ fn serving_address(child: &mut Child) -> String {
         let line = lines_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("patd serve announces its address");
-        if line.contains("\"message\":\"serving\"") {
+        if line.contains("\"message\":\"listening\"") {
             assert!(line.starts_with('{'), "JSON log line: {line}");
             let start = line.find("\"addr\":\"").unwrap() + 8;
             let end = start + line[start..].find('"').unwrap();

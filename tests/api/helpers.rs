@@ -145,6 +145,7 @@ impl TestApp {
             url: url.clone(),
             max_connections: 4,
             acquire_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(5),
         };
         Store::connect(&options, true)
             .await
