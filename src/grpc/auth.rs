@@ -80,11 +80,9 @@ impl From<StoreError> for Status {
         // Details stay in the log; callers learn only what they can act on.
         tracing::error!(error = %err, "storage call failed");
         match err {
-            StoreError::Unavailable(_) => {
-                Status::unavailable("storage is unavailable; retry later")
-            }
+            StoreError::Unavailable(_) => Status::unavailable(err.public_reason()),
             StoreError::Config(_) | StoreError::Failed(_) | StoreError::Migrate(_) => {
-                Status::internal("storage error")
+                Status::internal(err.public_reason())
             }
         }
     }

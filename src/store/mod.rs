@@ -122,6 +122,30 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+impl StoreError {
+    /// What a caller may be told about an unavailable store: the kind of fault,
+    /// never the driver's text (which may name hosts, files or queries).
+    pub fn public_reason(&self) -> &'static str {
+        let StoreError::Unavailable(err) = self else {
+            return "storage error";
+        };
+        match err {
+            sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                "storage did not answer in time; retry later"
+            }
+            sqlx::Error::PoolTimedOut => "all storage connections are busy; retry later",
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                Some("8") => "storage is read-only",
+                Some("13") => "storage is full",
+                Some("5" | "6") => "storage is locked by another writer; retry later",
+                Some("57014") => "storage did not answer in time; retry later",
+                _ => "storage is unavailable; retry later",
+            },
+            _ => "storage is unavailable; retry later",
+        }
+    }
+}
+
 /// Database error codes that mean "storage cannot serve this now", not "this
 /// request is wrong": SQLite busy, locked, read-only, I/O error, full, cannot
 /// open; Postgres serialization failure, deadlock, too many connections, server

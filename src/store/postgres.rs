@@ -21,11 +21,11 @@ pub async fn connect(options: &StoreOptions, when: Connect) -> StoreResult<PgPoo
             ))
         })?
         .application_name("patd")
-        // The server gives up on a statement when patd would: a hung query must
-        // not hold a backend after its caller has been answered UNAVAILABLE.
+        // The server gives up on a statement just after patd would: a hung query
+        // must not hold a backend after its caller was answered UNAVAILABLE.
         .options([(
             "statement_timeout",
-            format!("{}ms", options.call_timeout.as_millis()),
+            format!("{}ms", options.call_timeout.as_millis() + 1_000),
         )]);
     super::open_pool(options, connect_options, when).await
 }

@@ -12,7 +12,7 @@ use patd::proto::introspection_service_client::IntrospectionServiceClient;
 use patd::proto::token_service_client::TokenServiceClient;
 use patd::proto::{IntrospectRequest, IntrospectResponse};
 use patd::server::{self, ServerSettings};
-use patd::store::{DatabaseUrl, Store, StoreOptions};
+use patd::store::{Connect, DatabaseUrl, Store, StoreOptions};
 use patd::telemetry::{self, LogFormat};
 use patd::token::TokenFormat;
 use tokio::net::TcpListener;
@@ -140,13 +140,18 @@ impl TestApp {
         }))
     }
 
-    pub async fn connect_store(url: &DatabaseUrl) -> Store {
-        let options = StoreOptions {
+    /// Storage settings for tests: a short call timeout, so faults show quickly.
+    pub fn store_options(url: &DatabaseUrl) -> StoreOptions {
+        StoreOptions {
             url: url.clone(),
             max_connections: 4,
-            acquire_timeout: Duration::from_secs(5),
-            call_timeout: Duration::from_secs(5),
-        };
+            acquire_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(2),
+        }
+    }
+
+    pub async fn connect_store(url: &DatabaseUrl) -> Store {
+        let options = Self::store_options(url);
         Store::connect(&options, true)
             .await
             .expect("store connects and migrates")
@@ -168,6 +173,56 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let database_url = Self::fresh_database(backend, &dir).await?;
         let store = Self::connect_store(&database_url).await;
+        Some(Self::spawn_on(backend, store, database_url, settings, dir).await)
+    }
+
+    /// A Postgres server whose storage connections pass through `proxy`, with a
+    /// store opened lazily (as `patd serve` opens Postgres) that migrates once
+    /// reachable. `database_url` is the direct URL, for setting up and checking.
+    pub async fn spawn_behind_proxy(
+        proxy_mode: ProxyMode,
+        settings: ServerSettings,
+    ) -> Option<(TestApp, Proxy)> {
+        capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let direct = Self::fresh_database(Backend::Postgres, &dir).await?;
+        let options: sqlx::postgres::PgConnectOptions = direct.expose().parse().unwrap();
+        let upstream = format!("{}:{}", options.get_host(), options.get_port());
+        let proxy = Proxy::start(&upstream, proxy_mode).await;
+        let proxied = DatabaseUrl::new(direct.expose().replacen(
+            &upstream,
+            &proxy.addr.to_string(),
+            1,
+        ));
+        assert_ne!(
+            proxied, direct,
+            "{POSTGRES_URL_VAR} must name host:port explicitly"
+        );
+        let store = Store::open(&Self::store_options(&proxied), Connect::Lazily)
+            .await
+            .unwrap();
+        let app = Self::spawn_on(Backend::Postgres, store, direct, settings, dir).await;
+        Some((app, proxy))
+    }
+
+    /// A server on `store` (opened by the test), in a directory of its own.
+    pub async fn spawn_with_store(
+        backend: Backend,
+        store: Store,
+        database_url: DatabaseUrl,
+        settings: ServerSettings,
+    ) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        Self::spawn_on(backend, store, database_url, settings, dir).await
+    }
+
+    async fn spawn_on(
+        backend: Backend,
+        store: Store,
+        database_url: DatabaseUrl,
+        settings: ServerSettings,
+        dir: tempfile::TempDir,
+    ) -> TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
@@ -175,7 +230,7 @@ impl TestApp {
         let server = tokio::spawn(server::run(settings, store.clone(), listener, async {
             let _ = shutdown_rx.await;
         }));
-        Some(TestApp {
+        TestApp {
             backend,
             addr,
             store,
@@ -184,7 +239,7 @@ impl TestApp {
             shutdown: Some(shutdown),
             server: Some(server),
             _dir: dir,
-        })
+        }
     }
 
     pub async fn channel(&self) -> Channel {
@@ -383,4 +438,78 @@ macro_rules! backend_tests {
             )+
         }
     };
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forward to the upstream.
+    Up,
+    /// Accept and close at once: storage refuses.
+    Refuse,
+    /// Accept and never answer: storage hangs.
+    Blackhole,
+}
+
+/// A TCP proxy on 127.0.0.1 the test controls; leaving `Up` cuts every
+/// connection it carries.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    mode: tokio::sync::watch::Sender<ProxyMode>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str, mode: ProxyMode) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mode_tx, mode_rx) = tokio::sync::watch::channel(mode);
+        let upstream = upstream.to_owned();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut mode = mode_rx.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let current = *mode.borrow_and_update();
+                    match current {
+                        ProxyMode::Refuse => return,
+                        ProxyMode::Blackhole => {
+                            let _ = mode.changed().await;
+                            return;
+                        }
+                        ProxyMode::Up => {}
+                    }
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let left_up = async {
+                        while mode.changed().await.is_ok() && *mode.borrow() == ProxyMode::Up {}
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = left_up => {}
+                    }
+                    // A black hole keeps the connection open and silent.
+                    if *mode.borrow() == ProxyMode::Blackhole {
+                        let _ = mode.changed().await;
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            mode: mode_tx,
+            accept,
+        }
+    }
+
+    pub fn set(&self, mode: ProxyMode) {
+        self.mode.send_replace(mode);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.mode.send_replace(ProxyMode::Refuse);
+    }
 }

@@ -5,6 +5,7 @@ mod helpers;
 
 mod cache;
 mod cli;
+mod faults;
 mod hostile;
 mod introspection;
 mod logs;

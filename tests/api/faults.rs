@@ -1,0 +1,238 @@
+//! Storage faults: Postgres behind a TCP proxy the test controls, and SQLite
+//! locked or read-only. patd fails closed, reports NOT_SERVING, and recovers.
+
+use std::time::{Duration, Instant};
+
+use patd::proto::{CreateTokenRequest, GetTokenRequest, IntrospectRequest, ListScopesRequest};
+use patd::store::{DatabaseUrl, Store};
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::backend_tests;
+use crate::helpers::{Backend, ProxyMode, TestApp, WriteLock, authed};
+
+async fn health(app: &TestApp) -> ServingStatus {
+    let mut client = HealthClient::new(app.channel().await);
+    let request = HealthCheckRequest {
+        service: "pat.v1.IntrospectionService".to_owned(),
+    };
+    client.check(request).await.unwrap().into_inner().status()
+}
+
+async fn wait_for_health(app: &TestApp, wanted: ServingStatus, within: Duration) {
+    let deadline = Instant::now() + within;
+    while health(app).await != wanted {
+        assert!(Instant::now() < deadline, "health never became {wanted:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Introspect's status for `token`: `Ok(active)` or the error code.
+async fn introspect_outcome(app: &TestApp, token: &str) -> Result<bool, Code> {
+    let request = IntrospectRequest {
+        token: token.to_owned(),
+        required_scopes: vec![],
+    };
+    let answer = app.introspection().await.introspect(request).await;
+    answer
+        .map(|response| response.into_inner().active)
+        .map_err(|status| status.code())
+}
+
+#[tokio::test]
+async fn postgres_unreachable_at_start_then_serving_when_it_appears() {
+    let Some((app, proxy)) =
+        TestApp::spawn_behind_proxy(ProxyMode::Refuse, TestApp::settings()).await
+    else {
+        return;
+    };
+    assert_eq!(health(&app).await, ServingStatus::NotServing);
+    let unknown = app.format.generate().expose().to_owned();
+    assert_eq!(
+        introspect_outcome(&app, &unknown).await,
+        Err(Code::Unavailable),
+        "fail closed"
+    );
+    let scopes = app.tokens().await.list_scopes(ListScopesRequest {}).await;
+    assert!(scopes.is_ok(), "what needs no storage still works");
+
+    proxy.set(ProxyMode::Up);
+    wait_for_health(&app, ServingStatus::Serving, Duration::from_secs(10)).await;
+    // The server applied the migrations itself once Postgres answered.
+    let direct = TestApp::connect_store(&app.database_url).await;
+    let (secret, _) = mint_with(&direct, &app).await;
+    assert_eq!(introspect_outcome(&app, &secret).await, Ok(true));
+}
+
+async fn mint_with(store: &Store, app: &TestApp) -> (String, patd::model::TokenRecord) {
+    let scopes = patd::model::parse_scopes(&["tag:read".to_owned()]).unwrap();
+    let spec = patd::model::TokenSpec {
+        name: "faults",
+        scopes,
+        expires_at: None,
+    };
+    let owner = patd::model::Owner::new("alice", "acme").unwrap();
+    let (new, secret) = spec
+        .issue(&app.format, owner, patd::clock::now_micros())
+        .unwrap();
+    store.insert(&new).await.unwrap();
+    (secret.expose().to_owned(), new.record)
+}
+
+#[tokio::test]
+async fn postgres_lost_while_running_fails_closed_and_recovers() {
+    let Some((app, proxy)) = TestApp::spawn_behind_proxy(ProxyMode::Up, TestApp::settings()).await
+    else {
+        return;
+    };
+    wait_for_health(&app, ServingStatus::Serving, Duration::from_secs(5)).await;
+    let direct = TestApp::connect_store(&app.database_url).await;
+    let (secret, record) = mint_with(&direct, &app).await;
+    let manager = app.manager("alice", &[]).await;
+    assert_eq!(
+        introspect_outcome(&app, &secret).await,
+        Ok(true),
+        "now cached"
+    );
+
+    proxy.set(ProxyMode::Refuse);
+    let lost = Instant::now();
+    wait_for_health(&app, ServingStatus::NotServing, Duration::from_secs(5)).await;
+    // Once the loss is seen the cache is dropped: never `active` unverified.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match introspect_outcome(&app, &secret).await {
+            Err(Code::Unavailable) => break,
+            Ok(true) => assert!(Instant::now() < deadline, "still answered from cache"),
+            other => panic!("unexpected {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        lost.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        lost.elapsed()
+    );
+    let started = Instant::now();
+    let get = app
+        .tokens()
+        .await
+        .get_token(authed(
+            &manager,
+            GetTokenRequest {
+                id: record.id.clone(),
+            },
+        ))
+        .await;
+    assert_eq!(get.unwrap_err().code(), Code::Unavailable);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "fails, does not hang"
+    );
+
+    proxy.set(ProxyMode::Up);
+    wait_for_health(&app, ServingStatus::Serving, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while introspect_outcome(&app, &secret).await != Ok(true) {
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_that_hangs_times_out_as_unavailable() {
+    let Some((app, proxy)) = TestApp::spawn_behind_proxy(ProxyMode::Up, TestApp::settings()).await
+    else {
+        return;
+    };
+    wait_for_health(&app, ServingStatus::Serving, Duration::from_secs(5)).await;
+    let manager = app.manager("alice", &["tag:read"]).await;
+    assert_eq!(introspect_outcome(&app, &manager).await, Ok(true));
+    proxy.set(ProxyMode::Blackhole);
+    // New connections hang; cut ones are replaced by hanging ones.
+    let started = Instant::now();
+    let request = CreateTokenRequest {
+        name: "x".into(),
+        scopes: vec!["tag:read".into()],
+        expires_at: None,
+    };
+    let status = app
+        .tokens()
+        .await
+        .create_token(authed(&manager, request))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    proxy.set(ProxyMode::Up);
+}
+
+async fn a_write_lock_held_too_long_is_unavailable_not_a_hang(app: TestApp) {
+    let manager = app.manager("alice", &["tag:read"]).await;
+    app.introspect(&manager, &[]).await;
+    let lock = WriteLock::take(&app).await;
+    let started = Instant::now();
+    let request = CreateTokenRequest {
+        name: "x".into(),
+        scopes: vec!["tag:read".into()],
+        expires_at: None,
+    };
+    let status = app
+        .tokens()
+        .await
+        .create_token(authed(&manager, request))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("did not answer in time"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "storage timeout is 2 s in tests"
+    );
+    lock.release().await;
+    assert!(
+        app.introspect(&manager, &[]).await.active,
+        "nothing was corrupted"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_read_only_database_serves_reads_and_refuses_writes_clearly() {
+    let Some(app) = TestApp::spawn_with(Backend::Sqlite, TestApp::settings()).await else {
+        unreachable!("SQLite is always available");
+    };
+    let manager = app.manager("alice", &["tag:read"]).await;
+    let read_only = DatabaseUrl::new(format!("{}?mode=ro", app.database_url.expose()));
+    let store = Store::connect(&TestApp::store_options(&read_only), false)
+        .await
+        .unwrap();
+    let mut settings = TestApp::settings();
+    settings.migrate = false;
+    let ro_app = TestApp::spawn_with_store(Backend::Sqlite, store, read_only, settings).await;
+    assert!(ro_app.introspect(&manager, &[]).await.active, "reads work");
+    let request = CreateTokenRequest {
+        name: "x".into(),
+        scopes: vec!["tag:read".into()],
+        expires_at: None,
+    };
+    let status = ro_app
+        .tokens()
+        .await
+        .create_token(authed(&manager, request))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "storage is read-only");
+}
+
+backend_tests!(a_write_lock_held_too_long_is_unavailable_not_a_hang);
