@@ -10,4 +10,5 @@ mod hostile;
 mod introspection;
 mod logs;
 mod server;
+mod storm;
 mod tokens;
