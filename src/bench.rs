@@ -286,7 +286,18 @@ struct LoadResult {
     /// Answers that contradict the fixture (e.g. a revoked token active).
     wrong: u64,
     latencies_ns: Vec<u64>,
+    /// How long the failed calls took (a shed call should fail fast).
+    error_latencies_ns: Vec<u64>,
     elapsed: Duration,
+}
+
+/// The `fraction` percentile of sorted nanosecond latencies, in microseconds.
+fn percentile_us(sorted_ns: &[u64], fraction: f64) -> f64 {
+    if sorted_ns.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted_ns.len() as f64 * fraction).ceil() as usize).max(1);
+    sorted_ns[rank.min(sorted_ns.len()) - 1] as f64 / 1_000.0
 }
 
 impl LoadResult {
@@ -295,11 +306,17 @@ impl LoadResult {
     }
 
     fn percentile_us(&self, fraction: f64) -> f64 {
-        if self.latencies_ns.is_empty() {
-            return f64::NAN;
+        percentile_us(&self.latencies_ns, fraction)
+    }
+
+    /// "0", or the count and the p99 latency of the failures.
+    fn errors_column(&self) -> String {
+        if self.errors == 0 {
+            "0".to_owned()
+        } else {
+            let p99 = percentile_us(&self.error_latencies_ns, 0.99);
+            format!("{} (p99 {p99:.0} µs)", self.errors)
         }
-        let rank = ((self.latencies_ns.len() as f64 * fraction).ceil() as usize).max(1);
-        self.latencies_ns[rank.min(self.latencies_ns.len()) - 1] as f64 / 1_000.0
     }
 }
 
@@ -407,7 +424,12 @@ fn drive(
                                         .latencies_ns
                                         .push(started.elapsed().as_nanos() as u64);
                                 }
-                                Err(_) => result.errors += 1,
+                                Err(_) => {
+                                    result.errors += 1;
+                                    result
+                                        .error_latencies_ns
+                                        .push(started.elapsed().as_nanos() as u64);
+                                }
                             }
                         }
                         result
@@ -421,9 +443,11 @@ fn drive(
                 total.errors += part.errors;
                 total.wrong += part.wrong;
                 total.latencies_ns.extend(part.latencies_ns);
+                total.error_latencies_ns.extend(part.error_latencies_ns);
             }
             total.elapsed = duration;
             total.latencies_ns.sort_unstable();
+            total.error_latencies_ns.sort_unstable();
             Ok(total)
         })
     });
@@ -463,7 +487,7 @@ fn print_rows(title: &str, rows: &[Row], check_rate: f64) {
             r.percentile_us(0.50),
             r.percentile_us(0.99),
             r.percentile_us(0.999),
-            r.errors,
+            r.errors_column(),
             r.wrong,
             r.rate() / check_rate,
             row.cpu_us_per_call
