@@ -70,6 +70,8 @@ impl Default for ServerSettings {
 /// HTTP/2 pings find dead peers (and keep idle connections through middleboxes).
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 60);
+const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 
 /// Bounds that keep one caller, or a burst, from taking the server down.
 #[derive(Clone, Debug)]
@@ -267,6 +269,10 @@ pub async fn run(
         .http2_max_header_list_size(limits.max_header_list_bytes)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        // Connections are recycled (GOAWAY, then in-flight calls finish), so that
+        // clients rebalance across replicas and no connection lives forever.
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         // Shed before logging: under overload, refusals are cheap and unlogged.
         .layer(ShedLayer::new(limits.max_in_flight))
         .layer(CallLogLayer)

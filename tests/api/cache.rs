@@ -139,6 +139,15 @@ async fn a_flood_of_unknown_tokens_leaves_room_for_management_calls(app: TestApp
         assert!(!app.introspect(token, &[]).await.active);
     }
     assert_eq!(lookups(&app), before);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel().await);
+    let check = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    let status = health.check(check).await.unwrap().into_inner().status();
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
 }
 
 async fn revoke_and_delete_take_effect_on_the_next_call_with_a_warm_cache(app: TestApp) {
