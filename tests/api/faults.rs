@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use patd::proto::{CreateTokenRequest, GetTokenRequest, IntrospectRequest, ListScopesRequest};
+use patd::proto::{GetTokenRequest, IntrospectRequest, ListScopesRequest};
 use patd::store::{DatabaseUrl, Store};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -153,17 +153,7 @@ async fn postgres_that_hangs_times_out_as_unavailable() {
     proxy.set(ProxyMode::Blackhole);
     // New connections hang; cut ones are replaced by hanging ones.
     let started = Instant::now();
-    let request = CreateTokenRequest {
-        name: "x".into(),
-        scopes: vec!["tag:read".into()],
-        expires_at: None,
-    };
-    let status = app
-        .tokens()
-        .await
-        .create_token(authed(&manager, request))
-        .await
-        .unwrap_err();
+    let status = app.create_tag_reader(&manager, "x").await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -178,17 +168,7 @@ async fn a_write_lock_held_too_long_is_unavailable_not_a_hang(app: TestApp) {
     app.introspect(&manager, &[]).await;
     let lock = WriteLock::take(&app).await;
     let started = Instant::now();
-    let request = CreateTokenRequest {
-        name: "x".into(),
-        scopes: vec!["tag:read".into()],
-        expires_at: None,
-    };
-    let status = app
-        .tokens()
-        .await
-        .create_token(authed(&manager, request))
-        .await
-        .unwrap_err();
+    let status = app.create_tag_reader(&manager, "x").await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
         status.message().contains("did not answer in time"),
@@ -220,17 +200,7 @@ async fn sqlite_read_only_database_serves_reads_and_refuses_writes_clearly() {
     settings.migrate = false;
     let ro_app = TestApp::spawn_with_store(Backend::Sqlite, store, read_only, settings).await;
     assert!(ro_app.introspect(&manager, &[]).await.active, "reads work");
-    let request = CreateTokenRequest {
-        name: "x".into(),
-        scopes: vec!["tag:read".into()],
-        expires_at: None,
-    };
-    let status = ro_app
-        .tokens()
-        .await
-        .create_token(authed(&manager, request))
-        .await
-        .unwrap_err();
+    let status = ro_app.create_tag_reader(&manager, "x").await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(status.message(), "storage is read-only");
 }

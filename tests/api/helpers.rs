@@ -302,6 +302,25 @@ impl TestApp {
         self.mint((subject, "acme"), &scopes, None).await.0
     }
 
+    /// CreateToken, as the holder of `caller`, of a `tag:read` token named `name`.
+    pub async fn create_tag_reader(
+        &self,
+        caller: &str,
+        name: &str,
+    ) -> Result<patd::proto::CreateTokenResponse, tonic::Status> {
+        let request = patd::proto::CreateTokenRequest {
+            name: name.to_owned(),
+            scopes: vec!["tag:read".to_owned()],
+            expires_at: None,
+        };
+        let response = self
+            .tokens()
+            .await
+            .create_token(authed(caller, request))
+            .await;
+        response.map(tonic::Response::into_inner)
+    }
+
     /// Whether Introspect calls `secret` active.
     pub async fn is_active(&self, secret: &str) -> bool {
         self.introspect(secret, &[]).await.active
