@@ -208,6 +208,12 @@ pub async fn run(cli: Cli) -> CliResult {
 }
 
 async fn serve(config: &Config) -> CliResult {
+    // A file-size limit (RLIMIT_FSIZE) or quota must turn into failed writes
+    // ("storage is full"), not kill the server: catching SIGXFSZ makes the write
+    // fail with EFBIG instead.
+    #[cfg(target_os = "linux")]
+    let _file_size_signal =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25))?;
     // Listen for SIGTERM/SIGINT from the start, even before storage is reached.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {

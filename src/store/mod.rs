@@ -134,26 +134,37 @@ impl StoreError {
                 "storage did not answer in time; retry later"
             }
             sqlx::Error::PoolTimedOut => "all storage connections are busy; retry later",
-            sqlx::Error::Database(db) => match db.code().as_deref() {
-                Some("8") => "storage is read-only",
-                Some("13") => "storage is full",
-                Some("5" | "6") => "storage is locked by another writer; retry later",
-                Some("57014") => "storage did not answer in time; retry later",
-                _ => "storage is unavailable; retry later",
-            },
+            sqlx::Error::Database(db) => {
+                database_fault(db.as_ref()).unwrap_or("storage is unavailable; retry later")
+            }
             _ => "storage is unavailable; retry later",
         }
     }
 }
 
-/// Database error codes that mean "storage cannot serve this now", not "this
-/// request is wrong": SQLite busy, locked, read-only, I/O error, full, cannot
-/// open; Postgres serialization failure, deadlock, too many connections, server
-/// shutting down or starting, connection failure, statement timeout.
-const TRANSIENT_CODES: [&str; 14] = [
-    "5", "6", "8", "10", "13", "14", "40001", "40P01", "53300", "57P01", "57P02", "57P03", "08006",
-    "57014",
-];
+/// For a database error that means "storage cannot serve this now" (not "this
+/// request is wrong"), what a caller may be told.
+fn database_fault(db: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<&'static str> {
+    let code = db.code()?;
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // SQLite reports extended result codes; the low byte is the primary one.
+        return match code.parse::<i32>().ok()? & 0xFF {
+            5 | 6 => Some("storage is locked by another writer; retry later"),
+            8 => Some("storage is read-only"),
+            10 => Some("storage had an I/O error"),
+            13 => Some("storage is full"),
+            14 => Some("storage cannot be opened"),
+            _ => None,
+        };
+    }
+    match code.as_ref() {
+        "40001" | "40P01" => Some("storage conflict; retry"),
+        "53300" => Some("storage has no free connections; retry later"),
+        "57014" => Some("storage did not answer in time; retry later"),
+        "57P01" | "57P02" | "57P03" | "08006" => Some("storage is unavailable; retry later"),
+        _ => None,
+    }
+}
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
@@ -163,9 +174,7 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => true,
-            sqlx::Error::Database(db) => db
-                .code()
-                .is_some_and(|code| TRANSIENT_CODES.contains(&code.as_ref())),
+            sqlx::Error::Database(db) => database_fault(db.as_ref()).is_some(),
             _ => false,
         };
         if transient {

@@ -206,3 +206,91 @@ async fn sqlite_read_only_database_serves_reads_and_refuses_writes_clearly() {
 }
 
 backend_tests!(a_write_lock_held_too_long_is_unavailable_not_a_hang);
+
+/// A full disk, simulated with a file-size limit on a real `patd serve`: writes
+/// fail with a clear status, reads go on, the server keeps running and nothing
+/// already stored is lost.
+#[tokio::test]
+async fn sqlite_full_disk_refuses_writes_clearly_and_keeps_serving() {
+    let Some(app) = TestApp::spawn_with(Backend::Sqlite, TestApp::settings()).await else {
+        unreachable!("SQLite is always available");
+    };
+    let manager = app.manager("alice", &["tag:read"]).await;
+    let path = app
+        .database_url
+        .expose()
+        .trim_start_matches("sqlite://")
+        .to_owned();
+    let largest = ["", "-wal"]
+        .iter()
+        .filter_map(|suffix| std::fs::metadata(format!("{path}{suffix}")).ok())
+        .map(|meta| meta.len())
+        .max()
+        .unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut server = std::process::Command::new("prlimit")
+        .arg(format!("--fsize={}", largest + 64 * 1024))
+        .arg(env!("CARGO_BIN_EXE_patd"))
+        .args(["serve", "--log", "error", "--listen", &addr.to_string()])
+        .args(["--database-url", app.database_url.expose()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prlimit (util-linux) runs patd");
+    let channel = loop {
+        let endpoint = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap();
+        if let Ok(channel) = endpoint.connect().await {
+            break channel;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut tokens = patd::proto::token_service_client::TokenServiceClient::new(channel.clone());
+    let mut created = Vec::new();
+    let refusal = loop {
+        assert!(
+            created.len() < 5_000,
+            "the file-size limit was never reached"
+        );
+        let request = patd::proto::CreateTokenRequest {
+            name: format!("fill {}", created.len()),
+            scopes: vec!["tag:read".to_owned()],
+            expires_at: None,
+        };
+        match tokens.create_token(authed(&manager, request)).await {
+            Ok(answer) => created.push(answer.into_inner().secret),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(refusal.code(), Code::Unavailable, "{refusal:?}");
+    assert!(
+        ["storage is full", "storage had an I/O error"].contains(&refusal.message()),
+        "{}",
+        refusal.message()
+    );
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "the server is still running"
+    );
+    let mut introspection =
+        patd::proto::introspection_service_client::IntrospectionServiceClient::new(channel);
+    for secret in created.iter().chain([&manager]) {
+        let request = IntrospectRequest {
+            token: secret.clone(),
+            required_scopes: vec![],
+        };
+        let answer = introspection
+            .introspect(request)
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            answer.active,
+            "a token stored before the disk filled is intact"
+        );
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
