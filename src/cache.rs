@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -214,6 +214,10 @@ pub struct TokenCache {
     settings: CacheSettings,
     ttl_secs: u32,
     origin: Instant,
+    /// Milliseconds since `origin` until which entries may be served; after that
+    /// every lookup misses. Kept moving by the change follower: if it stops
+    /// confirming, the cache stops answering (`u64::MAX`: no follower, always).
+    trusted_until_ms: AtomicU64,
     shards: Box<[RwLock<Shard>]>,
 }
 
@@ -235,6 +239,7 @@ impl TokenCache {
             settings,
             ttl_secs: settings.ttl.as_secs().min(u64::from(u32::MAX)) as u32,
             origin: Instant::now(),
+            trusted_until_ms: AtomicU64::new(u64::MAX),
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
         }
     }
@@ -265,9 +270,25 @@ impl TokenCache {
         now.saturating_sub(inserted) < self.ttl_secs
     }
 
+    /// Entries may be served for `window` from now, and no longer unless this is
+    /// called again.
+    pub fn trust_for(&self, window: Duration) {
+        let until = self.origin.elapsed() + window;
+        self.trusted_until_ms
+            .store(until.as_millis() as u64, Ordering::Release);
+    }
+
+    fn trusted(&self) -> bool {
+        let until = self.trusted_until_ms.load(Ordering::Acquire);
+        until == u64::MAX || (self.origin.elapsed().as_millis() as u64) < until
+    }
+
     pub fn get(&self, hash: &SecretHash) -> Cached {
         let (key, now) = (Key::of(hash), self.now());
         let shard = self.shard(hash).read().expect("cache lock poisoned");
+        if !self.trusted() {
+            return Cached::Miss(shard.epoch);
+        }
         if let Some(token) = shard.found.get(&key)
             && self.fresh(token.inserted, now)
         {
@@ -479,6 +500,22 @@ mod tests {
         let (found, absent) = cache.len();
         assert!((900..=1_000 + SHARDS).contains(&found), "{found}");
         assert!(absent <= 1_000 + SHARDS, "{absent}");
+    }
+
+    #[test]
+    fn an_unconfirmed_cache_stops_answering() {
+        let cache = TokenCache::new(settings(100));
+        let hash = SecretHash::of("trusted");
+        cache.insert_found(&hash, 1, &record("a"), miss_epoch(&cache, &hash));
+        cache.trust_for(Duration::from_secs(60));
+        assert!(matches!(cache.get(&hash), Cached::Found(_)));
+        cache.trust_for(Duration::ZERO);
+        assert!(
+            matches!(cache.get(&hash), Cached::Miss(_)),
+            "the follower stopped confirming"
+        );
+        cache.trust_for(Duration::from_secs(60));
+        assert!(matches!(cache.get(&hash), Cached::Found(_)));
     }
 
     #[test]

@@ -213,7 +213,7 @@ async fn serve(config: &Config) -> CliResult {
     // fail with EFBIG instead.
     #[cfg(target_os = "linux")]
     let _file_size_signal =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25))?;
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ))?;
     // Listen for SIGTERM/SIGINT from the start, even before storage is reached.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -238,10 +238,20 @@ async fn serve(config: &Config) -> CliResult {
     let stop = async {
         let _ = stop_rx.await;
     };
+    let grace = settings.shutdown_grace;
     server::run(settings, store.clone(), listener, stop).await?;
-    store.close().await;
+    // Closing waits for every pooled connection; a hung one must not keep the
+    // process alive after the drain.
+    if tokio::time::timeout(grace, store.close()).await.is_err() {
+        tracing::warn!("storage connections did not close in time; exiting anyway");
+    }
     Ok(())
 }
+
+/// SIGXFSZ on Linux (x86_64 and aarch64 alike): sent when a write passes the
+/// file-size limit.
+#[cfg(target_os = "linux")]
+const SIGXFSZ: i32 = 25;
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {

@@ -2,6 +2,8 @@
 //! log, on a listener the caller bound, until the shutdown future resolves.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -143,24 +145,30 @@ async fn storage_ready(store: &Store, migrate: bool) -> Result<(), StoreError> {
 }
 
 /// Keeps health in step with storage: SERVING while it answers, NOT_SERVING
-/// (so meshes and Kubernetes drain this replica) while it does not, retrying with
-/// backoff. The first time storage is ready it starts the cache preload.
+/// (so meshes and Kubernetes drain this replica) once two checks in a row fail,
+/// retrying with backoff. While storage is down, storage calls fail at once
+/// ([`Store::set_reachable`]). The first time storage is ready it starts the cache
+/// preload. Once shutdown has begun it never reports SERVING again.
 async fn watch_storage(
     store: Store,
     reporter: HealthReporter,
     migrate: bool,
     first_attempt: Result<(), StoreError>,
     preload: Option<Verifier>,
+    draining: Arc<AtomicBool>,
 ) {
     let mut migrated = first_attempt.is_ok();
     let mut serving = None;
+    let mut failures = 0;
     let mut retry = RETRY_FIRST;
     let mut preloader = None;
     let mut attempt = first_attempt;
     loop {
         match attempt {
             Ok(()) => {
-                if serving != Some(true) {
+                failures = 0;
+                store.set_reachable(true);
+                if serving != Some(true) && !draining.load(Ordering::Acquire) {
                     set_health(&reporter, ServingStatus::Serving).await;
                     tracing::info!(backend = store.backend_name(), "storage ready: SERVING");
                     serving = Some(true);
@@ -176,7 +184,16 @@ async fn watch_storage(
                 retry = RETRY_FIRST;
                 tokio::time::sleep(STORAGE_CHECK_INTERVAL).await;
             }
+            // One failed check while serving is retried at once before anything
+            // changes: a single lost packet should not drain the replica.
+            Err(err) if serving == Some(true) && failures == 0 => {
+                failures += 1;
+                tracing::warn!(error = %err, "storage check failed; checking again");
+                tokio::time::sleep(RETRY_FIRST).await;
+            }
             Err(err) => {
+                failures += 1;
+                store.set_reachable(false);
                 if serving != Some(false) {
                     set_health(&reporter, ServingStatus::NotServing).await;
                     serving = Some(false);
@@ -242,9 +259,12 @@ pub async fn run(
 
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let signal_reporter = reporter.clone();
+    let draining = Arc::new(AtomicBool::new(false));
+    let signal_draining = draining.clone();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown requested: reporting NOT_SERVING and draining");
+        signal_draining.store(true, Ordering::Release);
         set_health(&signal_reporter, ServingStatus::NotServing).await;
         let _ = draining_tx.send(());
     };
@@ -259,6 +279,7 @@ pub async fn run(
         settings.migrate,
         ready,
         settings.preload_cache.then(|| verifier.clone()),
+        draining,
     )));
     tracing::info!(addr = %local_addr, backend = store.backend_name(), "listening");
 

@@ -18,6 +18,8 @@ use crate::token::{SecretHash, TokenFormat};
 /// Changes older than this are pruned: no process can still need them.
 const CHANGE_RETENTION_MICROS: i64 = 86_400_000_000;
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How long past one poll interval the cache may answer without a successful poll.
+const CHANGE_POLL_SLACK: Duration = Duration::from_secs(1);
 const PRELOAD_BATCH: usize = 10_000;
 
 /// Who is asking: Introspect misses share a bounded number of storage
@@ -281,10 +283,15 @@ impl Verifier {
         // Changes the latest read returned: a Postgres read may return them again.
         let mut seen: HashSet<i64> = HashSet::new();
         let mut last_prune = Instant::now();
+        // The cache answers only while polls keep succeeding: at most one interval
+        // plus this slack after the last good one (a hung poll cannot extend it).
+        let trust_window = interval + CHANGE_POLL_SLACK;
+        inner.cache.trust_for(trust_window);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            let polled = Instant::now();
             match inner.store.changes_since(mark).await {
                 Ok((changes, next)) => {
                     let mut returned = HashSet::with_capacity(changes.len());
@@ -296,6 +303,9 @@ impl Verifier {
                     }
                     seen = returned;
                     mark = next;
+                    inner
+                        .cache
+                        .trust_for(trust_window.saturating_sub(polled.elapsed()));
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot read token changes; cache dropped");
@@ -304,10 +314,14 @@ impl Verifier {
             }
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = Instant::now();
-                let before = clock::now_micros() - CHANGE_RETENTION_MICROS;
-                if let Err(err) = inner.store.prune_changes(before).await {
-                    tracing::warn!(error = %err, "pruning token changes failed");
-                }
+                // On a task of its own: a slow prune must not delay the next poll.
+                let store = inner.store.clone();
+                tokio::spawn(async move {
+                    let before = clock::now_micros() - CHANGE_RETENTION_MICROS;
+                    if let Err(err) = store.prune_changes(before).await {
+                        tracing::warn!(error = %err, "pruning token changes failed");
+                    }
+                });
             }
         }
     }

@@ -10,7 +10,7 @@ mod sqlite;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::{PgPool, SqlitePool};
@@ -158,10 +158,17 @@ fn database_fault(db: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<&'s
         };
     }
     match code.as_ref() {
-        "40001" | "40P01" => Some("storage conflict; retry"),
+        "40001" | "40P01" | "55P03" => Some("storage conflict; retry"),
+        "53100" => Some("storage is full"),
         "53300" => Some("storage has no free connections; retry later"),
         "57014" => Some("storage did not answer in time; retry later"),
-        "57P01" | "57P02" | "57P03" | "08006" => Some("storage is unavailable; retry later"),
+        "25006" => Some("storage is read-only"),
+        // Undefined table: reachable, but not migrated yet.
+        "42P01" => Some("storage is not ready; retry later"),
+        // Connection exceptions, insufficient resources, operator intervention.
+        code if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => {
+            Some("storage is unavailable; retry later")
+        }
         _ => None,
     }
 }
@@ -298,6 +305,7 @@ pub struct Store {
     backend: Backend,
     stats: Arc<StoreStats>,
     call_timeout: Duration,
+    reachable: Arc<AtomicBool>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -429,10 +437,33 @@ impl Store {
             backend,
             stats: Arc::default(),
             call_timeout: options.call_timeout,
+            // A store opened lazily has not reached storage yet.
+            reachable: Arc::new(AtomicBool::new(when == Connect::Now)),
         })
     }
 
+    /// Marks storage reachable or not (the server's storage watch does). While
+    /// unreachable, every call except [`Store::ping`] and [`Store::migrate`] fails
+    /// at once as unavailable instead of waiting out its timeouts.
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.store(reachable, Ordering::Release);
+    }
+
     async fn timed<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        if !self.reachable.load(Ordering::Acquire) {
+            return Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "storage is marked unreachable until the next successful check",
+            )));
+        }
+        self.bounded(call).await
+    }
+
+    /// `call` bounded by the call timeout, whether storage is marked reachable or not.
+    async fn bounded<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, sqlx::Error> {
@@ -448,7 +479,7 @@ impl Store {
     pub async fn migrate(&self) -> StoreResult<()> {
         match &self.backend {
             Backend::Sqlite(pool) => sqlite::MIGRATOR.run(pool).await,
-            Backend::Postgres(pool) => postgres::MIGRATOR.run(pool).await,
+            Backend::Postgres(pool) => postgres::migrate(pool).await,
         }
         .map_err(StoreError::Migrate)
     }
@@ -471,7 +502,9 @@ impl Store {
 
     /// A round trip to storage.
     pub async fn ping(&self) -> StoreResult<()> {
-        timed!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))?;
+        let ping =
+            async { on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop)) };
+        self.bounded(ping).await?;
         Ok(())
     }
 

@@ -2,9 +2,9 @@
 
 use std::str::FromStr;
 
-use sqlx::PgPool;
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgPool};
 
 use super::{Connect, StoreError, StoreOptions, StoreResult};
 
@@ -28,4 +28,16 @@ pub async fn connect(options: &StoreOptions, when: Connect) -> StoreResult<PgPoo
             format!("{}ms", options.call_timeout.as_millis() + 1_000),
         )]);
     super::open_pool(options, connect_options, when).await
+}
+
+/// Applies the migrations on a connection of their own, without the statement
+/// timeout that bounds requests: a migration may legitimately take longer.
+pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("statement_timeout", "0")]);
+    let mut conn = options.connect().await.map_err(MigrateError::Execute)?;
+    let result = MIGRATOR.run_direct(&mut conn).await;
+    let _ = conn.close().await;
+    result
 }

@@ -1,7 +1,6 @@
 //! The embedded default: one SQLite file in WAL mode.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
@@ -24,7 +23,8 @@ pub async fn connect(options: &StoreOptions, when: Connect) -> StoreResult<Sqlit
         .journal_mode(SqliteJournalMode::Wal)
         // FULL: an acknowledged create or revoke survives power loss, not just a crash.
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(5))
+        // Wait for another writer no longer than a storage call may take.
+        .busy_timeout(options.call_timeout)
         // 512 KiB of page cache per connection instead of 2 MiB: lookups are
         // answered from patd's own cache, and the OS caches the file anyway.
         .pragma("cache_size", "-512")
