@@ -194,7 +194,36 @@ async fn overload_is_refused_fast_and_health_stays_serving(app: TestApp) {
     );
 }
 
+fn short_call_timeout() -> ServerSettings {
+    ServerSettings {
+        limits: Limits {
+            call_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        },
+        ..TestApp::settings()
+    }
+}
+
+async fn a_call_past_its_timeout_is_cancelled(app: TestApp) {
+    let manager = app.manager("alice", &["tag:read"]).await;
+    app.introspect(&manager, &[]).await;
+    // The write waits on a lock longer than the call may run (storage gives up
+    // only after 2 s in tests).
+    let lock = WriteLock::take(&app).await;
+    let started = Instant::now();
+    let status = app.create_tag_reader(&manager, "slow").await.unwrap_err();
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        started.elapsed()
+    );
+    lock.release().await;
+    assert_serving(&app).await;
+}
+
 backend_tests!(
+    a_call_past_its_timeout_is_cancelled with short_call_timeout,
     oversized_messages_are_refused_with_a_clear_status,
     ten_thousand_scopes_get_a_short_answer,
     hostile_metadata_is_unauthenticated_or_refused,

@@ -7,9 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use patd::proto::introspection_service_client::IntrospectionServiceClient;
 use patd::proto::token_service_client::TokenServiceClient;
 use patd::proto::{
-    CreateTokenRequest, DeleteTokenRequest, GetTokenRequest, RevokeTokenRequest, TokenState,
+    CreateTokenRequest, DeleteTokenRequest, GetTokenRequest, IntrospectRequest, RevokeTokenRequest,
+    TokenState,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -50,6 +52,7 @@ fn create(name: String) -> CreateTokenRequest {
 /// `deadline`, after `rounds`, or at the first failed call (the server died).
 async fn storm_worker(
     mut client: TokenServiceClient<Channel>,
+    mut introspection: IntrospectionServiceClient<Channel>,
     manager: String,
     worker: usize,
     rounds: usize,
@@ -67,12 +70,25 @@ async fn storm_worker(
             Ok(created) => {
                 let created = created.into_inner();
                 let id = created.token.unwrap().id;
+                let secret = created.secret.clone();
                 let acked = Acked {
                     secret: created.secret,
                     ..Acked::default()
                 };
                 ledger.lock().unwrap().insert(id.clone(), acked);
                 mine.push(id);
+                // Introspect in the storm too: a token just created is active.
+                let request = IntrospectRequest {
+                    token: secret,
+                    required_scopes: vec![],
+                };
+                match introspection.introspect(request).await {
+                    Ok(answer) => assert!(answer.into_inner().active, "a fresh token is active"),
+                    Err(_) => {
+                        failures += 1;
+                        break;
+                    }
+                }
             }
             Err(_) => {
                 failures += 1;
@@ -119,9 +135,16 @@ async fn run_storm(
     let workers: Vec<_> = (0..8)
         .map(|worker| {
             let client = TokenServiceClient::new(channel.clone());
+            let introspection = IntrospectionServiceClient::new(channel.clone());
             let (manager, ledger) = (manager.to_owned(), ledger.clone());
             tokio::spawn(storm_worker(
-                client, manager, worker, rounds, deadline, ledger,
+                client,
+                introspection,
+                manager,
+                worker,
+                rounds,
+                deadline,
+                ledger,
             ))
         })
         .collect();
