@@ -244,14 +244,7 @@ pub async fn run(
         .map_err(ServeError::Reflection)?;
 
     let verifier = Verifier::new(settings.token_format.clone(), store.clone(), settings.cache);
-    let follower = AbortOnDrop(tokio::spawn(
-        verifier
-            .clone()
-            .follow_changes(settings.change_poll_interval),
-    ));
-    let writer = AbortOnDrop(tokio::spawn(
-        verifier.clone().write_behind(settings.last_used_interval),
-    ));
+
     let local_addr = listener
         .local_addr()
         .map_or_else(|err| err.to_string(), |addr| addr.to_string());
@@ -273,6 +266,20 @@ pub async fn run(
     // first call (connections meanwhile wait in the listen backlog); after that,
     // a background watch retries, turns health on and off, and preloads.
     let ready = storage_ready(&store, settings.migrate).await;
+    if ready.is_ok() {
+        store.set_reachable(true);
+    }
+    // Background duties start once the first attempt has settled whether storage
+    // answers (a lazily opened store is marked reachable only then).
+    let follower = AbortOnDrop(tokio::spawn(
+        verifier
+            .clone()
+            .follow_changes(settings.change_poll_interval),
+    ));
+    let notifications = AbortOnDrop(tokio::spawn(verifier.clone().follow_notifications()));
+    let writer = AbortOnDrop(tokio::spawn(
+        verifier.clone().write_behind(settings.last_used_interval),
+    ));
     let watch = AbortOnDrop(tokio::spawn(watch_storage(
         store.clone(),
         reporter.clone(),
@@ -326,7 +333,7 @@ pub async fn run(
     }
     // Stop the background tasks, but not in the middle of a last_used flush.
     let paused = verifier.pause_flushes().await;
-    drop((follower, writer, watch));
+    drop((follower, notifications, writer, watch));
     drop(paused);
     match verifier.flush_last_used().await {
         Ok(written) => tracing::info!(written, "last_used_at flushed"),

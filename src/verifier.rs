@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use crate::cache::{CacheSettings, Cached, CachedToken, TokenCache};
 use crate::clock;
 use crate::model::{Owner, TokenRecord, TokenState};
-use crate::store::{ChangeMark, Store, StoreResult};
+use crate::store::{ChangeMark, Heard, Store, StoreResult};
 use crate::token::{SecretHash, TokenFormat};
 
 /// Changes older than this are pruned: no process can still need them.
@@ -21,6 +21,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How long past one poll interval the cache may answer without a successful poll.
 const CHANGE_POLL_SLACK: Duration = Duration::from_secs(1);
 const PRELOAD_BATCH: usize = 10_000;
+/// Pause before listening again after the listener failed outright.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 /// Who is asking: Introspect misses share a bounded number of storage
 /// connections; the bearer check of a management call does not queue behind them.
@@ -67,6 +69,8 @@ struct Inner {
     /// Serialises flushes, so that shutdown's final flush runs after (not during)
     /// a periodic one.
     flushing: tokio::sync::Mutex<()>,
+    /// Asks the change follower to poll now (notifications were missed).
+    catch_up: tokio::sync::Notify,
 }
 
 impl Verifier {
@@ -82,6 +86,7 @@ impl Verifier {
                 lookups: Semaphore::new(lookups),
                 used: Mutex::default(),
                 flushing: tokio::sync::Mutex::new(()),
+                catch_up: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -290,7 +295,10 @@ impl Verifier {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = inner.catch_up.notified() => {}
+            }
             let polled = Instant::now();
             match inner.store.changes_since(mark).await {
                 Ok((changes, next)) => {
@@ -323,6 +331,46 @@ impl Verifier {
                     }
                 });
             }
+        }
+    }
+
+    /// Drops tokens from the cache as their revokes and deletes commit anywhere
+    /// (Postgres LISTEN/NOTIFY), forever; returns at once on SQLite. When the
+    /// listening connection is lost the cache is dropped (answers come from
+    /// storage) and, once listening again, the change log is polled at once to
+    /// catch up on what was missed.
+    pub async fn follow_notifications(self) {
+        let inner = &*self.inner;
+        loop {
+            let mut listener = match inner.store.listen_for_changes().await {
+                Ok(Some(listener)) => listener,
+                Ok(None) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for token changes; retrying");
+                    tokio::time::sleep(LISTEN_RETRY).await;
+                    continue;
+                }
+            };
+            inner.catch_up.notify_one();
+            loop {
+                match listener.next().await {
+                    Ok(Heard::Changed(hash)) => inner.cache.invalidate(&hash),
+                    Ok(Heard::Reconnected) => {
+                        tracing::warn!(
+                            "token change notifications were interrupted; cache dropped"
+                        );
+                        inner.cache.clear();
+                        inner.catch_up.notify_one();
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "token change notifications failed; cache dropped");
+                        inner.cache.clear();
+                        inner.catch_up.notify_one();
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(LISTEN_RETRY).await;
         }
     }
 }

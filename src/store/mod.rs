@@ -365,6 +365,46 @@ pub struct Change {
     pub secret_hash: SecretHash,
 }
 
+/// What a [`ChangeListener`] heard.
+pub enum Heard {
+    /// This token was revoked or deleted.
+    Changed(SecretHash),
+    /// The listening connection was lost and has been re-established:
+    /// notifications in between are lost, so the caller must catch up.
+    Reconnected,
+}
+
+/// Postgres notifications of revokes and deletes, as they commit.
+pub struct ChangeListener {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl ChangeListener {
+    pub async fn next(&mut self) -> StoreResult<Heard> {
+        loop {
+            match self.listener.try_recv().await? {
+                None => return Ok(Heard::Reconnected),
+                Some(notification) => {
+                    let mut hash = [0u8; 32];
+                    let payload = notification.payload().as_bytes();
+                    // A payload that is not a hash (never sent by patd) is ignored.
+                    if payload.len() == 64
+                        && payload.chunks(2).zip(hash.iter_mut()).all(|(pair, byte)| {
+                            std::str::from_utf8(pair)
+                                .ok()
+                                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                                .map(|value| *byte = value)
+                                .is_some()
+                        })
+                    {
+                        return Ok(Heard::Changed(SecretHash(hash)));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// How far the change log has been read, so that no committed change is ever
 /// skipped. SQLite has one writer at a time, so `seq` follows commit order and the
 /// mark is the last `seq` read. Postgres transactions commit in any order, so the
@@ -754,6 +794,31 @@ impl Store {
                 Ok((changes, ChangeMark(horizon)))
             }
         }
+    }
+
+    /// A subscription to revokes and deletes as they commit (Postgres LISTEN);
+    /// `None` on SQLite, where the change log is the only path.
+    pub async fn listen_for_changes(&self) -> StoreResult<Option<ChangeListener>> {
+        let Backend::Postgres(pool) = &self.backend else {
+            return Ok(None);
+        };
+        const CHANNEL: &str = "SELECT 'patd_' || left(md5(current_schema()), 16)";
+        // Not gated on the storage watch: listening is how this process learns of
+        // changes, and should start as soon as Postgres answers.
+        let (channel,): (String,) = self
+            .bounded(sqlx::query_as(CHANNEL).fetch_one(pool))
+            .await?;
+        // A pool of its own: the listener holds its connection for good, and must
+        // not take one from the pool that serves requests.
+        let own_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.call_timeout)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        let mut listener = self
+            .bounded(sqlx::postgres::PgListener::connect_with(&own_pool))
+            .await?;
+        self.bounded(listener.listen(&channel)).await?;
+        Ok(Some(ChangeListener { listener }))
     }
 
     /// Forgets changes recorded before `before`.

@@ -13,14 +13,16 @@ use super::{Connect, StoreError, StoreOptions, StoreResult};
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 pub async fn connect(options: &StoreOptions, when: Connect) -> StoreResult<PgPool> {
-    let connect_options = PgConnectOptions::from_str(options.url.expose())
-        .map_err(|err| {
-            StoreError::Config(format!(
-                "invalid Postgres URL {}: {err}",
-                options.url.redacted()
-            ))
-        })?
-        .application_name("patd")
+    let parsed = PgConnectOptions::from_str(options.url.expose()).map_err(|err| {
+        StoreError::Config(format!(
+            "invalid Postgres URL {}: {err}",
+            options.url.redacted()
+        ))
+    })?;
+    // `?application_name=` in the URL names a replica in pg_stat_activity.
+    let name = parsed.get_application_name().unwrap_or("patd").to_owned();
+    let connect_options = parsed
+        .application_name(&name)
         // The server gives up on a statement just after patd would: a hung query
         // must not hold a backend after its caller was answered UNAVAILABLE.
         .options([(

@@ -532,3 +532,52 @@ impl Drop for Proxy {
         self.mode.send_replace(ProxyMode::Refuse);
     }
 }
+
+/// `patd serve` as a process of its own on `database_url`, listening on `addr`,
+/// with `extra` arguments; its output is discarded.
+pub fn spawn_patd(database_url: &str, addr: &str, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_patd"))
+        .args([
+            "serve",
+            "--listen",
+            addr,
+            "--log",
+            "warn",
+            "--database-url",
+            database_url,
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("patd starts")
+}
+
+/// A channel to a `patd serve` at `addr`, once it answers.
+pub async fn connect_when_up(addr: &str) -> Channel {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
+        if let Ok(channel) = endpoint.connect().await {
+            let mut client = TokenServiceClient::new(channel.clone());
+            if client
+                .list_scopes(patd::proto::ListScopesRequest {})
+                .await
+                .is_ok()
+            {
+                return channel;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "patd serve did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free port on 127.0.0.1, as `host:port`.
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}

@@ -6,6 +6,7 @@ mod helpers;
 mod cache;
 mod cli;
 mod faults;
+mod fleet;
 mod hostile;
 mod introspection;
 mod logs;

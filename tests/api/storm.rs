@@ -3,7 +3,7 @@
 //! is exactly what the acknowledged operations imply.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::backend_tests;
-use crate::helpers::{TestApp, authed};
+use crate::helpers::{TestApp, authed, connect_when_up, free_addr, spawn_patd};
 
 /// What happened to an operation on a token.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -200,51 +200,11 @@ async fn a_storm_of_concurrent_changes_loses_nothing(app: TestApp) {
     verify_ledger(&mut tokens, &app, &manager, &ledger).await;
 }
 
-fn patd_serve(database_url: &str, addr: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_patd"))
-        .args([
-            "serve",
-            "--listen",
-            addr,
-            "--log",
-            "warn",
-            "--database-url",
-            database_url,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("patd starts")
-}
-
-async fn connect_when_up(addr: &str) -> Channel {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
-        if let Ok(channel) = endpoint.connect().await {
-            let mut client = TokenServiceClient::new(channel.clone());
-            if client
-                .list_scopes(patd::proto::ListScopesRequest {})
-                .await
-                .is_ok()
-            {
-                return channel;
-            }
-        }
-        assert!(Instant::now() < deadline, "patd serve did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn sigkill_in_a_storm_loses_no_acknowledged_change(app: TestApp) {
     let manager = app.manager("alice", &["tag:read"]).await;
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = free_addr();
     let url = app.database_url.expose().to_owned();
-    let mut server = patd_serve(&url, &addr);
+    let mut server = spawn_patd(&url, &addr, &[]);
     let channel = connect_when_up(&addr).await;
 
     let pid = server.id().to_string();
@@ -257,7 +217,7 @@ async fn sigkill_in_a_storm_loses_no_acknowledged_change(app: TestApp) {
     killer.await.unwrap();
     server.wait().unwrap();
 
-    let mut restarted = patd_serve(&url, &addr);
+    let mut restarted = spawn_patd(&url, &addr, &[]);
     let channel = connect_when_up(&addr).await;
     let mut tokens = TokenServiceClient::new(channel);
     verify_ledger(&mut tokens, &app, &manager, &ledger).await;
