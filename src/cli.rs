@@ -98,6 +98,10 @@ struct ServeArgs {
     /// Largest request message accepted, in bytes [default: 131072]
     #[arg(long, env = "PATD_MAX_MESSAGE_BYTES")]
     max_message_bytes: Option<usize>,
+    /// Do not apply migrations (a separate job does, e.g. the helm chart's
+    /// pre-upgrade hook running `patd migrate`)
+    #[arg(long, env = "PATD_NO_MIGRATE")]
+    no_migrate: bool,
     /// Load tokens into the cache at start, after SERVING [default: true]
     #[arg(long, env = "PATD_PRELOAD_CACHE")]
     preload_cache: Option<bool>,
@@ -187,7 +191,7 @@ pub async fn run(cli: Cli) -> CliResult {
     tracing::subscriber::set_global_default(subscriber)?;
 
     match cli.command {
-        Command::Serve(_) => serve(&config).await,
+        Command::Serve(args) => serve(&config, !args.no_migrate).await,
         Command::Migrate => {
             let store = Store::connect(&config.store_options(), true).await?;
             store.close().await;
@@ -207,7 +211,7 @@ pub async fn run(cli: Cli) -> CliResult {
     }
 }
 
-async fn serve(config: &Config) -> CliResult {
+async fn serve(config: &Config, migrate: bool) -> CliResult {
     // A file-size limit (RLIMIT_FSIZE) or quota must turn into failed writes
     // ("storage is full"), not kill the server: catching SIGXFSZ makes the write
     // fail with EFBIG instead.
@@ -225,12 +229,14 @@ async fn serve(config: &Config) -> CliResult {
     let mut settings = config.server.clone();
     let store = if config.database_url.is_postgres() {
         // A fleet's database may come up after patd: serve NOT_SERVING meanwhile,
-        // then migrate and turn SERVING when it answers.
+        // then migrate (replicas starting together take turns: sqlx holds an
+        // advisory lock) and turn SERVING when it answers.
+        settings.migrate = migrate;
         Store::open(&options, Connect::Lazily).await?
     } else {
         // A local file that cannot be opened or migrated will not fix itself.
         settings.migrate = false;
-        Store::connect(&options, true).await?
+        Store::connect(&options, migrate).await?
     };
     let listener = TcpListener::bind(config.listen)
         .await

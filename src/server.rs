@@ -136,10 +136,16 @@ const STORAGE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Migrates (when asked) and pings storage; the error is logged by the caller.
+/// Migrates (when asked; otherwise checks that a separate job has) and pings
+/// storage; the error is logged by the caller.
 async fn storage_ready(store: &Store, migrate: bool) -> Result<(), StoreError> {
     if migrate {
         store.migrate().await?;
+    } else if !store.is_migrated().await? {
+        return Err(StoreError::Config(
+            "the database is not migrated: run `patd migrate` (or start without --no-migrate)"
+                .to_owned(),
+        ));
     }
     store.ping().await
 }

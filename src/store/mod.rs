@@ -524,6 +524,35 @@ impl Store {
         .map_err(StoreError::Migrate)
     }
 
+    /// Whether every embedded migration has been applied (without applying any:
+    /// for servers started with `--no-migrate`).
+    pub async fn is_migrated(&self) -> StoreResult<bool> {
+        use sqlx::migrate::Migrate;
+        let list = async {
+            Ok(match &self.backend {
+                Backend::Sqlite(pool) => pool.acquire().await?.list_applied_migrations().await,
+                Backend::Postgres(pool) => pool.acquire().await?.list_applied_migrations().await,
+            })
+        };
+        let applied = self.bounded(list).await?;
+        // No migrations table at all reads as "nothing applied".
+        let applied: Vec<i64> = applied.map_or_else(
+            |_| Vec::new(),
+            |list| {
+                list.into_iter()
+                    .map(|migration| migration.version)
+                    .collect()
+            },
+        );
+        let embedded = match &self.backend {
+            Backend::Sqlite(_) => &sqlite::MIGRATOR,
+            Backend::Postgres(_) => &postgres::MIGRATOR,
+        };
+        Ok(embedded
+            .iter()
+            .all(|migration| applied.contains(&migration.version)))
+    }
+
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite(_) => "sqlite",

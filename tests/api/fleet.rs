@@ -184,3 +184,96 @@ async fn postgres_revocations_during_and_after_a_lost_listener_still_arrive() {
     wait_until_listening(&admin, &b.name).await;
     admin.close().await;
 }
+
+#[tokio::test]
+async fn postgres_replicas_starting_together_migrate_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = TestApp::fresh_database(Backend::Postgres, &dir).await else {
+        return;
+    };
+    let url = url.expose().to_owned();
+    // Three replicas on a schema nobody has migrated yet, started at once.
+    let mut replicas = Vec::new();
+    for name in ["x", "y", "z"] {
+        let addr = free_addr();
+        let process = spawn_patd(&format!("{url}&application_name=patd-{name}"), &addr, &[]);
+        replicas.push((process, addr));
+    }
+    for (_, addr) in &replicas {
+        let channel = connect_when_up(addr).await;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let check = tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            };
+            let status = health.check(check).await.unwrap().into_inner().status();
+            if status == tonic_health::pb::health_check_response::ServingStatus::Serving {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a replica never turned SERVING");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let (applied, versions): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT version) FROM _sqlx_migrations")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert_eq!(
+        (applied, versions),
+        (1, 1),
+        "each migration applied exactly once"
+    );
+    admin.close().await;
+    for (mut process, _) in replicas {
+        process.kill().unwrap();
+        process.wait().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn postgres_no_migrate_leaves_the_schema_to_a_separate_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = TestApp::fresh_database(Backend::Postgres, &dir).await else {
+        return;
+    };
+    let addr = free_addr();
+    let mut process = spawn_patd(url.expose(), &addr, &["--no-migrate"]);
+    let channel = connect_when_up(&addr).await;
+    let admin = sqlx::PgPool::connect(url.expose()).await.unwrap();
+    let (tables,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "nothing created");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let check = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    let status = health.check(check).await.unwrap().into_inner().status();
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing,
+        "not SERVING on an unmigrated database"
+    );
+    // A caller learns that storage is not ready, not that something is broken.
+    let request = IntrospectRequest {
+        token: patd::token::TokenFormat::default()
+            .generate()
+            .expose()
+            .to_owned(),
+        required_scopes: vec![],
+    };
+    let status = IntrospectionServiceClient::new(channel)
+        .introspect(request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    admin.close().await;
+    process.kill().unwrap();
+    process.wait().unwrap();
+}
