@@ -23,6 +23,8 @@ const CHANGE_POLL_SLACK: Duration = Duration::from_secs(1);
 const PRELOAD_BATCH: usize = 10_000;
 /// Pause before listening again after the listener failed outright.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
+/// Pause after the listening connection was re-established.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Who is asking: Introspect misses share a bounded number of storage
 /// connections; the bearer check of a management call does not queue behind them.
@@ -334,6 +336,15 @@ impl Verifier {
         }
     }
 
+    /// Notifications may have been missed: drop the cache, answer from storage
+    /// until the change log has been read again (the poll restores trust).
+    fn distrust_until_caught_up(&self) {
+        let inner = &*self.inner;
+        inner.cache.trust_for(Duration::ZERO);
+        inner.cache.clear();
+        inner.catch_up.notify_one();
+    }
+
     /// Drops tokens from the cache as their revokes and deletes commit anywhere
     /// (Postgres LISTEN/NOTIFY), forever; returns at once on SQLite. When the
     /// listening connection is lost the cache is dropped (answers come from
@@ -359,13 +370,13 @@ impl Verifier {
                         tracing::warn!(
                             "token change notifications were interrupted; cache dropped"
                         );
-                        inner.cache.clear();
-                        inner.catch_up.notify_one();
+                        self.distrust_until_caught_up();
+                        // A connection that keeps dying must not spin this loop.
+                        tokio::time::sleep(RECONNECT_PAUSE).await;
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "token change notifications failed; cache dropped");
-                        inner.cache.clear();
-                        inner.catch_up.notify_one();
+                        self.distrust_until_caught_up();
                         break;
                     }
                 }

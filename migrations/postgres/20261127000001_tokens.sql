@@ -37,13 +37,14 @@ CREATE INDEX token_changes_by_txid ON token_changes (txid);
 -- Triggers, so that changes from any writer (a server, the operator CLI, a manual
 -- UPDATE) are recorded. Times come from the database's clock.
 -- Also NOTIFY, delivered at commit, so that every replica listening drops the
--- token at once; the channel is derived from the schema so that installations
--- sharing a database do not hear each other (see Store::listen_for_changes).
+-- token at once; the channel is derived from the table's schema (whatever the
+-- writer's search_path) so that installations sharing a database do not hear
+-- each other (see Store::listen_for_changes).
 CREATE FUNCTION tokens_record_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO token_changes (secret_hash, changed_at)
     VALUES (OLD.secret_hash, (extract(epoch FROM clock_timestamp()) * 1000000)::BIGINT);
-    PERFORM pg_notify('patd_' || left(md5(current_schema()), 16), encode(OLD.secret_hash, 'hex'));
+    PERFORM pg_notify('patd_' || left(md5(TG_TABLE_SCHEMA), 16), encode(OLD.secret_hash, 'hex'));
     RETURN NULL;
 END
 $$;

@@ -536,21 +536,17 @@ impl Store {
         };
         let applied = self.bounded(list).await?;
         // No migrations table at all reads as "nothing applied".
-        let applied: Vec<i64> = applied.map_or_else(
-            |_| Vec::new(),
-            |list| {
-                list.into_iter()
-                    .map(|migration| migration.version)
-                    .collect()
-            },
-        );
+        let applied = applied.unwrap_or_default();
         let embedded = match &self.backend {
             Backend::Sqlite(_) => &sqlite::MIGRATOR,
             Backend::Postgres(_) => &postgres::MIGRATOR,
         };
-        Ok(embedded
-            .iter()
-            .all(|migration| applied.contains(&migration.version)))
+        // Same version and same checksum: an edited migration does not count.
+        Ok(embedded.iter().all(|migration| {
+            applied.iter().any(|done| {
+                done.version == migration.version && done.checksum == migration.checksum
+            })
+        }))
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -831,7 +827,10 @@ impl Store {
         let Backend::Postgres(pool) = &self.backend else {
             return Ok(None);
         };
-        const CHANNEL: &str = "SELECT 'patd_' || left(md5(current_schema()), 16)";
+        // The schema of the table the triggers are on, as the trigger names it.
+        const CHANNEL: &str = "SELECT 'patd_' || left(md5(n.nspname::TEXT), 16) \
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+            WHERE c.oid = 'tokens'::regclass";
         // Not gated on the storage watch: listening is how this process learns of
         // changes, and should start as soon as Postgres answers.
         let (channel,): (String,) = self

@@ -533,24 +533,43 @@ impl Drop for Proxy {
     }
 }
 
+/// A child process that is killed when dropped, so a failing test leaves no
+/// server behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `patd serve` as a process of its own on `database_url`, listening on `addr`,
 /// with `extra` arguments; its output is discarded.
-pub fn spawn_patd(database_url: &str, addr: &str, extra: &[&str]) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_patd"))
-        .args([
-            "serve",
-            "--listen",
-            addr,
-            "--log",
-            "warn",
-            "--database-url",
-            database_url,
-        ])
+pub fn spawn_patd(database_url: &str, addr: &str, extra: &[&str]) -> KillOnDrop {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_patd"))
+        .args(["serve", "--listen", addr, "--log", "warn"])
+        .args(["--database-url", database_url])
         .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("patd starts")
+        .expect("patd starts");
+    KillOnDrop(child)
 }
 
 /// A channel to a `patd serve` at `addr`, once it answers.
