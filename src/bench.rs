@@ -21,7 +21,7 @@ use crate::model::{NewToken, Owner, TokenRecord};
 use crate::proto::{IntrospectRequest, IntrospectResponse};
 use crate::scope::ScopeSet;
 use crate::store::{DatabaseUrl, Store, StoreOptions};
-use crate::token::{RANDOM_CHARS, SecretHash, TokenFormat, base62_from, generate_id};
+use crate::token::{RANDOM_CHARS, Secret, SecretHash, TokenFormat, base62_from, generate_id};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
@@ -109,12 +109,16 @@ impl Fixture {
         }
     }
 
-    fn secret(&self, index: u64) -> String {
+    fn secret_of(&self, index: u64) -> Secret {
         let mut reader = blake3::Hasher::new_keyed(&self.key)
             .update(&index.to_le_bytes())
             .finalize_xof();
         let random = base62_from(RANDOM_CHARS, |buf| reader.fill(buf));
-        self.format.compose(&random).expose().to_owned()
+        self.format.compose(&random)
+    }
+
+    fn secret(&self, index: u64) -> String {
+        self.secret_of(index).expose().to_owned()
     }
 }
 
@@ -128,14 +132,10 @@ fn active_index(n: u64) -> u64 {
 }
 
 fn bench_token(fixture: &Fixture, index: u64, scopes: ScopeSet, now: i64) -> NewToken {
-    let secret = fixture.secret(index);
-    let hint = format!(
-        "{}...{}",
-        fixture.format.prefix(),
-        &secret[secret.len() - 4..]
-    );
+    let secret = fixture.secret_of(index);
+    let hint = fixture.format.hint(&secret);
     NewToken {
-        secret_hash: SecretHash::of(&secret),
+        secret_hash: SecretHash::of(secret.expose()),
         record: TokenRecord {
             id: generate_id(),
             name: format!("bench-{index}"),

@@ -278,15 +278,17 @@ impl TokenCache {
             .store(until.as_millis() as u64, Ordering::Release);
     }
 
-    fn trusted(&self) -> bool {
+    fn trusted(&self, elapsed: Duration) -> bool {
         let until = self.trusted_until_ms.load(Ordering::Acquire);
-        until == u64::MAX || (self.origin.elapsed().as_millis() as u64) < until
+        until == u64::MAX || (elapsed.as_millis() as u64) < until
     }
 
     pub fn get(&self, hash: &SecretHash) -> Cached {
-        let (key, now) = (Key::of(hash), self.now());
+        // One clock read serves both the trust check and the entry ages.
+        let elapsed = self.origin.elapsed();
+        let (key, now) = (Key::of(hash), elapsed.as_secs() as u32);
         let shard = self.shard(hash).read().expect("cache lock poisoned");
-        if !self.trusted() {
+        if !self.trusted(elapsed) {
             return Cached::Miss(shard.epoch);
         }
         if let Some(token) = shard.found.get(&key)

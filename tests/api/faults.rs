@@ -6,27 +6,19 @@ use std::time::{Duration, Instant};
 use patd::proto::{GetTokenRequest, IntrospectRequest, ListScopesRequest};
 use patd::store::{DatabaseUrl, Store};
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 use crate::backend_tests;
-use crate::helpers::{Backend, ProxyMode, TestApp, WriteLock, authed};
+use crate::helpers::{self, Backend, ProxyMode, TestApp, WriteLock, authed, health_of};
+
+const SERVICE: &str = "pat.v1.IntrospectionService";
 
 async fn health(app: &TestApp) -> ServingStatus {
-    let mut client = HealthClient::new(app.channel().await);
-    let request = HealthCheckRequest {
-        service: "pat.v1.IntrospectionService".to_owned(),
-    };
-    client.check(request).await.unwrap().into_inner().status()
+    health_of(&app.channel().await, SERVICE).await
 }
 
 async fn wait_for_health(app: &TestApp, wanted: ServingStatus, within: Duration) {
-    let deadline = Instant::now() + within;
-    while health(app).await != wanted {
-        assert!(Instant::now() < deadline, "health never became {wanted:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    helpers::wait_for_health(&app.channel().await, SERVICE, wanted, within).await;
 }
 
 /// Introspect's status for `token`: `Ok(active)` or the error code.

@@ -7,9 +7,11 @@ use patd::proto::introspection_service_client::IntrospectionServiceClient;
 use patd::proto::token_service_client::TokenServiceClient;
 use patd::proto::{IntrospectRequest, RevokeTokenRequest};
 use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
-    Backend, KillOnDrop, TestApp, authed, connect_when_up, free_addr, spawn_patd,
+    Backend, KillOnDrop, TestApp, authed, connect_when_up, free_addr, health_of, spawn_patd,
+    wait_for_health,
 };
 
 /// The poll of `token_changes` is slowed to 30 s on the replicas, so that only
@@ -200,19 +202,13 @@ async fn postgres_replicas_starting_together_migrate_exactly_once() {
     }
     for (_, addr) in &replicas {
         let channel = connect_when_up(addr).await;
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let check = tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            };
-            let status = health.check(check).await.unwrap().into_inner().status();
-            if status == tonic_health::pb::health_check_response::ServingStatus::Serving {
-                break;
-            }
-            assert!(Instant::now() < deadline, "a replica never turned SERVING");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_health(
+            &channel,
+            "",
+            ServingStatus::Serving,
+            Duration::from_secs(10),
+        )
+        .await;
     }
     let admin = sqlx::PgPool::connect(&url).await.unwrap();
     let (applied, versions): (i64, i64) =
@@ -246,14 +242,9 @@ async fn postgres_no_migrate_leaves_the_schema_to_a_separate_job() {
     .await
     .unwrap();
     assert_eq!(tables, 0, "nothing created");
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let check = tonic_health::pb::HealthCheckRequest {
-        service: String::new(),
-    };
-    let status = health.check(check).await.unwrap().into_inner().status();
     assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::NotServing,
+        health_of(&channel, "").await,
+        ServingStatus::NotServing,
         "not SERVING on an unmigrated database"
     );
     // A caller learns that storage is not ready, not that something is broken.
@@ -264,7 +255,7 @@ async fn postgres_no_migrate_leaves_the_schema_to_a_separate_job() {
             .to_owned(),
         required_scopes: vec![],
     };
-    let status = IntrospectionServiceClient::new(channel)
+    let status = IntrospectionServiceClient::new(channel.clone())
         .introspect(request)
         .await
         .unwrap_err();
@@ -280,21 +271,14 @@ async fn postgres_no_migrate_leaves_the_schema_to_a_separate_job() {
         "{}",
         String::from_utf8_lossy(&migrated.stderr)
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let check = tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        };
-        let status = health.check(check).await.unwrap().into_inner().status();
-        if status == tonic_health::pb::health_check_response::ServingStatus::Serving {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never SERVING after `patd migrate`"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The server notices by itself that the schema is now complete.
+    wait_for_health(
+        &channel,
+        "",
+        ServingStatus::Serving,
+        Duration::from_secs(10),
+    )
+    .await;
     admin.close().await;
     drop(process);
 }

@@ -20,6 +20,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Request;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 pub const POSTGRES_URL_VAR: &str = "PATD_TEST_POSTGRES_URL";
 
@@ -599,4 +602,30 @@ pub async fn connect_when_up(addr: &str) -> Channel {
 pub fn free_addr() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().to_string()
+}
+
+/// What `grpc.health.v1.Health/Check` says of `service` ("" for the server).
+pub async fn health_of(channel: &Channel, service: &str) -> ServingStatus {
+    let mut client = HealthClient::new(channel.clone());
+    let request = HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    client.check(request).await.unwrap().into_inner().status()
+}
+
+/// Polls health of `service` until it is `wanted`; panics after `within`.
+pub async fn wait_for_health(
+    channel: &Channel,
+    service: &str,
+    wanted: ServingStatus,
+    within: Duration,
+) {
+    let deadline = std::time::Instant::now() + within;
+    while health_of(channel, service).await != wanted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health of {service:?} never became {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -6,22 +6,14 @@ use patd::proto::{CreateTokenRequest, IntrospectRequest, ListTokensRequest};
 use patd::server::{Limits, ServerSettings};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 use crate::backend_tests;
-use crate::helpers::{TestApp, WriteLock, authed};
+use crate::helpers::{TestApp, WriteLock, authed, health_of};
 
 async fn assert_serving(app: &TestApp) {
-    let mut health = HealthClient::new(app.channel().await);
-    let answer = health
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await;
     assert_eq!(
-        answer.unwrap().into_inner().status(),
+        health_of(&app.channel().await, "").await,
         ServingStatus::Serving
     );
 }

@@ -98,28 +98,34 @@ async fn storm_worker(
         let Some(target) = mine.get(round.saturating_sub(1)).cloned() else {
             continue;
         };
-        if round % 3 == 0 {
+        let revoke = round % 3 == 0;
+        if !revoke && round % 5 != 0 {
+            continue;
+        }
+        let acknowledged = if revoke {
             let request = authed(&manager, RevokeTokenRequest { id: target.clone() });
-            let outcome = match client.revoke_token(request).await {
-                Ok(_) => Outcome::Acknowledged,
-                Err(_) => Outcome::Unknown,
-            };
-            ledger.lock().unwrap().get_mut(&target).unwrap().revoke = outcome;
-            if outcome == Outcome::Unknown {
-                failures += 1;
-                break;
-            }
-        } else if round % 5 == 0 {
+            client.revoke_token(request).await.is_ok()
+        } else {
             let request = authed(&manager, DeleteTokenRequest { id: target.clone() });
-            let outcome = match client.delete_token(request).await {
-                Ok(_) => Outcome::Acknowledged,
-                Err(_) => Outcome::Unknown,
-            };
-            ledger.lock().unwrap().get_mut(&target).unwrap().delete = outcome;
-            if outcome == Outcome::Unknown {
-                failures += 1;
-                break;
+            client.delete_token(request).await.is_ok()
+        };
+        let outcome = if acknowledged {
+            Outcome::Acknowledged
+        } else {
+            Outcome::Unknown
+        };
+        {
+            let mut ledger = ledger.lock().unwrap();
+            let entry = ledger.get_mut(&target).unwrap();
+            if revoke {
+                entry.revoke = outcome;
+            } else {
+                entry.delete = outcome;
             }
+        }
+        if !acknowledged {
+            failures += 1;
+            break;
         }
     }
     failures
