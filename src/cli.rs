@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use crate::bench::{self, BenchArgs};
+use crate::client::{self, HealthArgs};
 use crate::clock;
 use crate::config::{Config, Overrides};
 use crate::model::{Owner, TokenRecord, TokenSpec, parse_scopes};
@@ -65,6 +66,8 @@ enum Command {
     /// Operator commands working directly on the database, bypassing the API
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Ask a running server for its grpc.health.v1 status; exit 0 only if SERVING
+    Health(HealthArgs),
     /// Load-test Introspect against Health/Check (seeds its own database,
     /// sqlite://patd-bench.db unless --database-url is given)
     Bench(BenchArgs),
@@ -198,6 +201,7 @@ pub async fn run(cli: Cli) -> CliResult {
             eprintln!("migrations applied to {}", config.database_url.redacted());
             Ok(())
         }
+        Command::Health(args) => Ok(client::health(args).await?),
         Command::Bench(args) => {
             let url = cli.global.database_url.clone().map(DatabaseUrl::new);
             bench::run(args, url, config.token_format().clone()).await

@@ -26,11 +26,17 @@ use crate::verifier::Verifier;
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pat_descriptor");
 
 /// Health service names: the whole server ("") and each of our services.
+/// They follow storage: a replica that cannot check tokens should get no traffic.
 const HEALTH_SERVICES: [&str; 3] = [
     "",
     <TokenServiceServer<TokenApi> as tonic::server::NamedService>::NAME,
     <IntrospectionServiceServer<IntrospectionApi> as tonic::server::NamedService>::NAME,
 ];
+
+/// SERVING for as long as the process answers at all, whatever storage does: the
+/// liveness probe's name, so that a database outage takes replicas out of the
+/// load balancer (readiness) without restarting every one of them.
+pub const LIVENESS_SERVICE: &str = "liveness";
 
 #[derive(Clone, Debug)]
 pub struct ServerSettings {
@@ -232,6 +238,9 @@ pub async fn run(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // The reporter starts with "" SERVING; nothing is until storage answers.
     set_health(&reporter, ServingStatus::NotServing).await;
+    reporter
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
 
     // Both reflection versions describe everything served, each other included, so
     // old and new grpcurl alike list the same services.

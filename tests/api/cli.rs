@@ -10,7 +10,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::backend_tests;
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, free_addr, patd_health};
 
 /// `patd` with no PATD_* variables from the developer's environment.
 fn patd() -> Command {
@@ -212,7 +212,37 @@ async fn serve_runs_until_sigterm_and_exits_zero(app: TestApp) {
     drop(health);
 }
 
+async fn health_command_exits_zero_only_when_serving(app: TestApp) {
+    let addr = app.addr.to_string();
+    for service in ["", "liveness", "pat.v1.IntrospectionService"] {
+        let serving = patd_health(&addr, service).await;
+        assert!(
+            serving.status.success(),
+            "{service:?}: {}",
+            stderr(&serving)
+        );
+        assert_eq!(stdout(&serving).trim(), "SERVING");
+    }
+    let unknown = patd_health(&addr, "no.such.Service").await;
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("NotFound"),
+        "{}",
+        stderr(&unknown)
+    );
+
+    let nobody = free_addr();
+    let unreachable = patd_health(&nobody, "").await;
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(
+        stderr(&unreachable).contains(&format!("cannot connect to {nobody}")),
+        "{}",
+        stderr(&unreachable)
+    );
+}
+
 backend_tests!(
+    health_command_exits_zero_only_when_serving,
     operator_commands_mint_list_revoke_and_delete,
     operator_commands_refuse_bad_input_with_exit_code_1,
     serve_runs_until_sigterm_and_exits_zero,

@@ -95,6 +95,21 @@ async fn postgres_lost_while_running_fails_closed_and_recovers() {
     // after the last successful poll; then never `active` unverified.
     assert_cached_answers_stop(&app, &secret, lost).await;
     wait_for_health(&app, ServingStatus::NotServing, Duration::from_secs(5)).await;
+    assert_eq!(
+        health_of(&app.channel().await, patd::server::LIVENESS_SERVICE).await,
+        ServingStatus::Serving,
+        "a storage outage must not fail the liveness probe"
+    );
+    let addr = app.addr.to_string();
+    let probe = helpers::patd_health(&addr, "").await;
+    assert_eq!(
+        probe.status.code(),
+        Some(1),
+        "`patd health` fails on NOT_SERVING"
+    );
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "NOT_SERVING");
+    let alive = helpers::patd_health(&addr, patd::server::LIVENESS_SERVICE).await;
+    assert!(alive.status.success(), "liveness stays SERVING");
     let started = Instant::now();
     let get = app
         .tokens()

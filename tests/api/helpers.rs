@@ -575,6 +575,29 @@ pub fn spawn_patd(database_url: &str, addr: &str, extra: &[&str]) -> KillOnDrop 
     KillOnDrop(child)
 }
 
+/// Runs `patd health` against `addr` for `service`, off the test's runtime (the
+/// server it asks may be running on that runtime).
+pub async fn patd_health(addr: &str, service: &str) -> std::process::Output {
+    let args = [
+        "health",
+        "--addr",
+        addr,
+        "--service",
+        service,
+        "--timeout",
+        "3s",
+    ]
+    .map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_patd"))
+            .args(args)
+            .output()
+            .expect("patd runs")
+    })
+    .await
+    .unwrap()
+}
+
 /// A channel to a `patd serve` at `addr`, once it answers.
 pub async fn connect_when_up(addr: &str) -> Channel {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod cache;
+mod chart;
 mod cli;
 mod faults;
 mod fleet;
