@@ -78,6 +78,9 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:50051]
     #[arg(long, env = "PATD_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 0.0.0.0:9090 [default: off]
+    #[arg(long, env = "PATD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// How long in-flight calls may finish after SIGTERM, e.g. 10s [default: 10s]
     #[arg(long, env = "PATD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
@@ -161,6 +164,7 @@ impl Cli {
         Config::load(Overrides {
             config_file: global.config.clone(),
             listen: serve.and_then(|args| args.listen),
+            metrics_listen: serve.and_then(|args| args.metrics_listen),
             database_url: global.database_url.clone(),
             token_prefix: global.token_prefix.clone(),
             log: global.log.clone(),
@@ -245,11 +249,23 @@ async fn serve(config: &Config, migrate: bool) -> CliResult {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|err| format!("cannot listen on {}: {err}", config.listen))?;
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|err| format!("cannot listen for metrics on {addr}: {err}"))?,
+        ),
+        None => None,
+    };
+    let listeners = server::Listeners {
+        grpc: listener,
+        metrics,
+    };
     let stop = async {
         let _ = stop_rx.await;
     };
     let grace = settings.shutdown_grace;
-    server::run(settings, store.clone(), listener, stop).await?;
+    server::run(settings, store.clone(), listeners, stop).await?;
     // Closing waits for every pooled connection; a hung one must not keep the
     // process alive after the drain.
     if tokio::time::timeout(grace, store.close()).await.is_err() {

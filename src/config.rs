@@ -28,6 +28,7 @@ const DEFAULT_STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
     database_url: Option<String>,
     token_prefix: Option<String>,
     log: Option<String>,
@@ -52,6 +53,7 @@ struct FileConfig {
 pub struct Overrides {
     pub config_file: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     pub database_url: Option<String>,
     pub token_prefix: Option<String>,
     pub log: Option<String>,
@@ -73,6 +75,8 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` over HTTP; off unless set.
+    pub metrics_listen: Option<SocketAddr>,
     pub database_url: DatabaseUrl,
     pub log: String,
     pub log_format: LogFormat,
@@ -221,6 +225,7 @@ impl Config {
             .unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
         server.token_format = TokenFormat::new(&prefix).map_err(|err| err.to_string())?;
         Ok(Config {
+            metrics_listen: overrides.metrics_listen.or(file.metrics_listen),
             listen: overrides
                 .listen
                 .or(file.listen)
@@ -277,7 +282,8 @@ mod tests {
         let file = file_with(
             "listen = \"0.0.0.0:6000\"\ndatabase_url = \"postgres://u:pw@db/patd\"\n\
              token_prefix = \"acme_\"\nshutdown_grace = \"3s\"\nmax_connections = 20\n\
-             cache_capacity = 5\nchange_poll_interval = \"250ms\"\n",
+             cache_capacity = 5\nchange_poll_interval = \"250ms\"\n\
+             metrics_listen = \"0.0.0.0:9090\"\n",
         );
         let from_file = Config::load(Overrides {
             config_file: Some(file.path().to_owned()),
@@ -293,6 +299,10 @@ mod tests {
             Duration::from_millis(250)
         );
         assert_eq!(from_file.max_connections, 20);
+        assert_eq!(
+            from_file.metrics_listen,
+            Some("0.0.0.0:9090".parse().unwrap())
+        );
         assert!(
             !format!("{from_file:?}").contains("pw@"),
             "Debug leaks the password"

@@ -7,6 +7,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod grpc;
+pub mod metrics;
 pub mod model;
 pub mod overload;
 pub mod scope;

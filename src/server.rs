@@ -14,6 +14,7 @@ use tonic_health::server::HealthReporter;
 use crate::cache::CacheSettings;
 use crate::grpc::introspection::IntrospectionApi;
 use crate::grpc::tokens::TokenApi;
+use crate::metrics;
 use crate::overload::ShedLayer;
 use crate::proto::introspection_service_server::IntrospectionServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
@@ -226,15 +227,34 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Serves on `listener` until `shutdown` resolves, then reports NOT_SERVING, stops
+/// Where the server listens: gRPC, and optionally Prometheus metrics over HTTP.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Listeners {
+        Listeners {
+            grpc,
+            metrics: None,
+        }
+    }
+}
+
+/// Serves on `listeners` until `shutdown` resolves, then reports NOT_SERVING, stops
 /// accepting calls and lets in-flight ones finish for at most the shutdown grace.
 /// Health reports SERVING only after a round trip to `store` succeeded.
 pub async fn run(
     settings: ServerSettings,
     store: Store,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let Listeners {
+        grpc: listener,
+        metrics: metrics_listener,
+    } = listeners.into();
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // The reporter starts with "" SERVING; nothing is until storage answers.
     set_health(&reporter, ServingStatus::NotServing).await;
@@ -303,6 +323,16 @@ pub async fn run(
         settings.preload_cache.then(|| verifier.clone()),
         draining,
     )));
+    let metrics_server = metrics_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        }
+        AbortOnDrop(tokio::spawn(metrics::serve(
+            listener,
+            verifier.metrics().clone(),
+            store.clone(),
+        )))
+    });
     tracing::info!(addr = %local_addr, backend = store.backend_name(), "listening");
 
     let limits = &settings.limits;
@@ -318,7 +348,7 @@ pub async fn run(
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         // Shed before logging: under overload, refusals are cheap and unlogged.
         .layer(ShedLayer::new(limits.max_in_flight))
-        .layer(CallLogLayer)
+        .layer(CallLogLayer::new(verifier.metrics().clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -348,7 +378,7 @@ pub async fn run(
     }
     // Stop the background tasks, but not in the middle of a last_used flush.
     let paused = verifier.pause_flushes().await;
-    drop((follower, notifications, writer, watch));
+    drop((follower, notifications, writer, watch, metrics_server));
     drop(paused);
     match verifier.flush_last_used().await {
         Ok(written) => tracing::info!(written, "last_used_at flushed"),

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -10,6 +11,8 @@ use http::uri::PathAndQuery;
 use pin_project_lite::pin_project;
 use serde::Deserialize;
 use tracing::Subscriber;
+
+use crate::metrics::Metrics;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -47,22 +50,35 @@ where
     })
 }
 
-/// Logs one line per gRPC call: method, status code and latency. Health checks,
-/// which probes send every few seconds, log at debug level.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CallLogLayer;
+/// Logs one line per gRPC call (method, status code and latency) and counts it in
+/// the metrics. Health checks, which probes send every few seconds, log at debug
+/// level.
+#[derive(Clone, Debug)]
+pub struct CallLogLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl CallLogLayer {
+    pub fn new(metrics: Arc<Metrics>) -> CallLogLayer {
+        CallLogLayer { metrics }
+    }
+}
 
 impl<S> tower::Layer<S> for CallLogLayer {
     type Service = CallLog<S>;
 
     fn layer(&self, inner: S) -> CallLog<S> {
-        CallLog { inner }
+        CallLog {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct CallLog<S> {
     inner: S,
+    metrics: Arc<Metrics>,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for CallLog<S>
@@ -82,6 +98,7 @@ where
             method: request.uri().path_and_query().cloned(),
             started: Instant::now(),
             inner: self.inner.call(request),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -92,6 +109,7 @@ pin_project! {
         inner: F,
         method: Option<PathAndQuery>,
         started: Instant,
+        metrics: Arc<Metrics>,
     }
 }
 
@@ -105,7 +123,8 @@ where
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
         let method = this.method.as_ref().map_or("", PathAndQuery::path);
-        let latency_us = this.started.elapsed().as_micros() as u64;
+        let latency = this.started.elapsed();
+        let latency_us = latency.as_micros() as u64;
         // Errors travel as a trailers-only response (grpc-status in the headers);
         // a unary call whose headers carry no status succeeded.
         let code = match &result {
@@ -116,6 +135,7 @@ where
                 .map_or(tonic::Code::Ok, tonic::Code::from_i32),
             Err(_) => tonic::Code::Unknown,
         };
+        this.metrics.record_call(method, code, latency);
         if method.starts_with("/grpc.health.") {
             tracing::debug!(method, code = ?code, latency_us, "call");
         } else {
@@ -180,7 +200,7 @@ mod tests {
         let writer = buffer.clone();
         let subscriber = subscriber("info", format, false, move || writer.clone()).unwrap();
         tracing::subscriber::with_default(subscriber, || {
-            let mut service = CallLogLayer.layer(Respond(status));
+            let mut service = CallLogLayer::new(Arc::default()).layer(Respond(status));
             let request = http::Request::builder().uri(path).body(()).unwrap();
             let mut call = std::pin::pin!(service.call(request));
             let polled = call.as_mut().poll(&mut Context::from_waker(Waker::noop()));

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 
 use crate::cache::{CacheSettings, Cached, CachedToken, TokenCache};
 use crate::clock;
+use crate::metrics::{CacheLookup, Metrics};
 use crate::model::{Owner, TokenRecord, TokenState};
 use crate::store::{ChangeMark, Heard, Store, StoreResult};
 use crate::token::{SecretHash, TokenFormat};
@@ -73,6 +74,7 @@ struct Inner {
     flushing: tokio::sync::Mutex<()>,
     /// Asks the change follower to poll now (notifications were missed).
     catch_up: tokio::sync::Notify,
+    metrics: Arc<Metrics>,
 }
 
 impl Verifier {
@@ -89,6 +91,7 @@ impl Verifier {
                 used: Mutex::default(),
                 flushing: tokio::sync::Mutex::new(()),
                 catch_up: tokio::sync::Notify::new(),
+                metrics: Arc::default(),
             }),
         }
     }
@@ -99,6 +102,10 @@ impl Verifier {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// The token `presented` stands for, if it is active now. A storage failure is
@@ -112,13 +119,23 @@ impl Verifier {
         let Some(hash) = inner.format.parse(presented) else {
             return Ok(Err(Inactive::Malformed));
         };
+        let metrics = &inner.metrics;
         let token = match inner.cache.get(&hash) {
-            Cached::Found(token) => token,
-            Cached::Absent => return Ok(Err(Inactive::Unknown)),
-            Cached::Miss(epoch) => match self.look_up(hash, epoch, lane).await? {
-                Some(token) => token,
-                None => return Ok(Err(Inactive::Unknown)),
-            },
+            Cached::Found(token) => {
+                metrics.record_cache(CacheLookup::Hit);
+                token
+            }
+            Cached::Absent => {
+                metrics.record_cache(CacheLookup::NegativeHit);
+                return Ok(Err(Inactive::Unknown));
+            }
+            Cached::Miss(epoch) => {
+                metrics.record_cache(CacheLookup::Miss);
+                match self.look_up(hash, epoch, lane).await? {
+                    Some(token) => token,
+                    None => return Ok(Err(Inactive::Unknown)),
+                }
+            }
         };
         let now = clock::now_micros();
         match token.state_at(now) {

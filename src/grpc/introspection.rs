@@ -4,10 +4,11 @@
 use tonic::{Request, Response, Status};
 
 use crate::clock;
+use crate::metrics::IntrospectOutcome;
 use crate::proto;
 use crate::proto::introspection_service_server::IntrospectionService;
 use crate::scope::ScopeSet;
-use crate::verifier::{Lane, Verifier};
+use crate::verifier::{Inactive, Lane, Verifier};
 
 pub const TOKEN_TYPE: &str = "Bearer";
 
@@ -33,18 +34,27 @@ impl IntrospectionService for IntrospectionApi {
         // rather than deny every token in silence.
         let required = ScopeSet::parse(&request.required_scopes)
             .map_err(|unknown| Status::invalid_argument(format!("required_scopes: {unknown}")))?;
+        let metrics = self.verifier.metrics();
         // Storage errors propagate as UNAVAILABLE/INTERNAL: fail closed.
-        let token = match self
+        let verified = self
             .verifier
             .verify(&request.token, Lane::Introspect)
-            .await?
-        {
+            .await
+            .inspect_err(|_| metrics.record_introspect(IntrospectOutcome::StorageError))?;
+        let token = match verified {
             Ok(token) => token,
             Err(reason) => {
                 tracing::debug!(?reason, "introspect: inactive");
+                metrics.record_introspect(match reason {
+                    Inactive::Malformed => IntrospectOutcome::Malformed,
+                    Inactive::Unknown => IntrospectOutcome::Unknown,
+                    Inactive::Expired => IntrospectOutcome::Expired,
+                    Inactive::Revoked => IntrospectOutcome::Revoked,
+                });
                 return Ok(Response::new(proto::IntrospectResponse::default()));
             }
         };
+        metrics.record_introspect(IntrospectOutcome::Active);
         tracing::debug!(token_id = %token.id(), "introspect: active");
         Ok(Response::new(proto::IntrospectResponse {
             active: true,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use sqlx::{PgPool, SqlitePool};
 
+use crate::metrics::Histogram;
 use crate::model::{NewToken, Owner, TokenRecord};
 use crate::scope::ScopeSet;
 use crate::token::SecretHash;
@@ -292,6 +293,26 @@ pub struct StoreStats {
     pub hash_lookups: AtomicU64,
     /// Statements that modify `tokens`.
     pub writes: AtomicU64,
+    /// Latency of storage calls, including any wait for a pooled connection.
+    pub call_latency: Histogram,
+    /// Calls that found no idle connection in a full pool.
+    pub calls_waited: AtomicU64,
+}
+
+/// Stored tokens by state at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenCounts {
+    pub active: i64,
+    pub expired: i64,
+    pub revoked: i64,
+}
+
+/// The connection pool at one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolStatus {
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
 }
 
 impl StoreStats {
@@ -499,7 +520,26 @@ impl Store {
                 "storage is marked unreachable until the next successful check",
             )));
         }
-        self.bounded(call).await
+        let pool = self.pool_status();
+        if pool.idle == 0 && pool.size >= pool.max {
+            StoreStats::count(&self.stats.calls_waited);
+        }
+        let started = std::time::Instant::now();
+        let result = self.bounded(call).await;
+        self.stats.call_latency.observe(started.elapsed());
+        result
+    }
+
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Acquire)
+    }
+
+    pub fn pool_status(&self) -> PoolStatus {
+        on_pool!(self, pool => PoolStatus {
+            size: pool.size(),
+            idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+            max: pool.options().get_max_connections(),
+        })
     }
 
     /// `call` bounded by the call timeout, whether storage is marked reachable or not.
@@ -643,6 +683,22 @@ impl Store {
         let (count,): (i64,) =
             timed!(self, pool => sqlx::query_as(SQL).bind(account).fetch_one(pool).await)?;
         Ok(count)
+    }
+
+    /// Tokens by state at `now` (a full scan: for metrics, taken rarely).
+    pub async fn count_by_state(&self, now: i64) -> StoreResult<TokenCounts> {
+        const SQL: &str = "SELECT \
+             COALESCE(SUM(CASE WHEN revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) THEN 1 ELSE 0 END), 0), \
+             COALESCE(SUM(CASE WHEN revoked_at IS NULL AND expires_at <= $1 THEN 1 ELSE 0 END), 0), \
+             COALESCE(SUM(CASE WHEN revoked_at IS NOT NULL THEN 1 ELSE 0 END), 0) \
+             FROM tokens";
+        let (active, expired, revoked): (i64, i64, i64) =
+            timed!(self, pool => sqlx::query_as(SQL).bind(now).fetch_one(pool).await)?;
+        Ok(TokenCounts {
+            active,
+            expired,
+            revoked,
+        })
     }
 
     /// Any owner's token by id: for operators only.

@@ -366,6 +366,16 @@ fn the_rendered_configuration_is_one_patd_accepts() {
         Duration::from_millis(250)
     );
     assert_eq!(config.token_format().prefix(), "acme_");
+    assert_eq!(config.metrics_listen, None, "metrics are off by default");
+
+    let scraped = with(&values, "metrics.enabled", Some(json!(true)));
+    let config = load_rendered(&scraped).unwrap_or_else(|err| panic!("{err}"));
+    let metrics = config.metrics_listen.expect("metrics_listen is rendered");
+    assert_eq!(
+        u64::from(metrics.port()),
+        lookup(&values, "metrics.port").unwrap().as_u64().unwrap(),
+        "patd serves metrics where the Service and ServiceMonitor look"
+    );
 }
 
 /// The YAML block that follows `key:` in `text`, up to the next line indented

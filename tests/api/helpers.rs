@@ -77,6 +77,8 @@ pub fn logs() -> String {
 pub struct TestApp {
     pub backend: Backend,
     pub addr: SocketAddr,
+    /// Prometheus metrics: http://{metrics_addr}/metrics.
+    pub metrics_addr: SocketAddr,
     pub store: Store,
     pub format: TokenFormat,
     pub database_url: DatabaseUrl,
@@ -228,14 +230,21 @@ impl TestApp {
     ) -> TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
+        let listeners = server::Listeners {
+            grpc: listener,
+            metrics: Some(metrics),
+        };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let format = settings.token_format.clone();
-        let server = tokio::spawn(server::run(settings, store.clone(), listener, async {
+        let server = tokio::spawn(server::run(settings, store.clone(), listeners, async {
             let _ = shutdown_rx.await;
         }));
         TestApp {
             backend,
             addr,
+            metrics_addr,
             store,
             format,
             database_url,

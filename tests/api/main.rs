@@ -11,6 +11,7 @@ mod fleet;
 mod hostile;
 mod introspection;
 mod logs;
+mod metrics;
 mod server;
 mod storm;
 mod tokens;

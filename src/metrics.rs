@@ -1,0 +1,429 @@
+//! Prometheus metrics, served as text on a port of their own (`metrics_listen`):
+//! calls by service, method and code with latency histograms, why Introspect
+//! answered as it did (which never leaves the server otherwise), the token cache,
+//! the storage pool, and tokens by state.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::clock;
+use crate::store::{Store, TokenCounts};
+
+/// Upper bounds of the latency buckets, in microseconds (100 µs to 10 s).
+const BUCKETS_MICROS: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+    2_500_000, 10_000_000,
+];
+
+/// Distinct (service, method, code) series kept; calls beyond are counted as
+/// `other`, so that random paths cannot grow memory or a scrape without bound.
+const MAX_CALL_SERIES: usize = 256;
+
+/// Token counts by state are a full scan: taken at most this often.
+const TOKEN_COUNT_MAX_AGE: Duration = Duration::from_secs(15);
+
+/// A latency histogram with Prometheus' cumulative buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative), the last one for +Inf.
+    counts: [AtomicU64; BUCKETS_MICROS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = BUCKETS_MICROS.partition_point(|&bound| bound < micros);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// `name_bucket`, `name_sum` and `name_count` lines; `labels` is empty or
+    /// `key="value",…` without braces.
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let separator = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = BUCKETS_MICROS
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |&micros| seconds(micros));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{separator}le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let sum = seconds(self.sum_micros.load(Ordering::Relaxed));
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+    }
+}
+
+fn seconds(micros: u64) -> String {
+    format!("{}", micros as f64 / 1e6)
+}
+
+/// Why Introspect answered as it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntrospectOutcome {
+    Active,
+    Malformed,
+    Unknown,
+    Expired,
+    Revoked,
+    /// Storage could not be asked: the call failed (closed).
+    StorageError,
+}
+
+const OUTCOMES: [(IntrospectOutcome, &str); 6] = [
+    (IntrospectOutcome::Active, "active"),
+    (IntrospectOutcome::Malformed, "malformed"),
+    (IntrospectOutcome::Unknown, "unknown"),
+    (IntrospectOutcome::Expired, "expired"),
+    (IntrospectOutcome::Revoked, "revoked"),
+    (IntrospectOutcome::StorageError, "storage_error"),
+];
+
+/// How a token was found in the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheLookup {
+    /// A token the cache holds.
+    Hit,
+    /// A secret the cache remembers as unknown.
+    NegativeHit,
+    /// Not cached: storage was asked.
+    Miss,
+}
+
+const CACHE_LOOKUPS: [(CacheLookup, &str); 3] = [
+    (CacheLookup::Hit, "hit"),
+    (CacheLookup::NegativeHit, "negative_hit"),
+    (CacheLookup::Miss, "miss"),
+];
+
+#[derive(Debug, Default)]
+struct CallSeries {
+    latency: Histogram,
+}
+
+/// Counters shared by the server's layers and handlers (one set per server).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    calls: RwLock<HashMap<(String, String, tonic::Code), Arc<CallSeries>>>,
+    introspect: [AtomicU64; OUTCOMES.len()],
+    cache: [AtomicU64; CACHE_LOOKUPS.len()],
+    token_counts: Mutex<Option<(Instant, TokenCounts)>>,
+}
+
+impl Metrics {
+    /// Records a finished call to `path` (`/package.Service/Method`).
+    pub fn record_call(&self, path: &str, code: tonic::Code, latency: Duration) {
+        let (service, method) = path
+            .strip_prefix('/')
+            .and_then(|path| path.split_once('/'))
+            .unwrap_or(("other", "other"));
+        let key = (service.to_owned(), method.to_owned(), code);
+        let known = self.calls.read().expect("lock poisoned").get(&key).cloned();
+        let series = known.unwrap_or_else(|| {
+            let mut calls = self.calls.write().expect("lock poisoned");
+            let key = if calls.len() < MAX_CALL_SERIES || calls.contains_key(&key) {
+                key
+            } else {
+                ("other".to_owned(), "other".to_owned(), code)
+            };
+            calls.entry(key).or_default().clone()
+        });
+        series.latency.observe(latency);
+    }
+
+    pub fn record_introspect(&self, outcome: IntrospectOutcome) {
+        let index = OUTCOMES
+            .iter()
+            .position(|(o, _)| *o == outcome)
+            .unwrap_or(0);
+        self.introspect[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_cache(&self, lookup: CacheLookup) {
+        let index = CACHE_LOOKUPS
+            .iter()
+            .position(|(l, _)| *l == lookup)
+            .unwrap_or(0);
+        self.cache[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Token counts by state, from storage at most every [`TOKEN_COUNT_MAX_AGE`].
+    async fn token_counts(&self, store: &Store) -> Option<TokenCounts> {
+        if let Some((taken, counts)) = *self.token_counts.lock().expect("lock poisoned")
+            && taken.elapsed() < TOKEN_COUNT_MAX_AGE
+        {
+            return Some(counts);
+        }
+        match store.count_by_state(clock::now_micros()).await {
+            Ok(counts) => {
+                *self.token_counts.lock().expect("lock poisoned") = Some((Instant::now(), counts));
+                Some(counts)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "metrics: cannot count tokens");
+                None
+            }
+        }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub async fn render(&self, store: &Store) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        out.push_str(
+            "# HELP grpc_server_handled_total Calls completed, by service, method and status code.\n\
+             # TYPE grpc_server_handled_total counter\n",
+        );
+        let mut calls: Vec<_> = self
+            .calls
+            .read()
+            .expect("lock poisoned")
+            .iter()
+            .map(|(key, series)| (key.clone(), series.clone()))
+            .collect();
+        calls.sort_by(|a, b| (&a.0.0, &a.0.1, a.0.2 as i32).cmp(&(&b.0.0, &b.0.1, b.0.2 as i32)));
+        let label = |(service, method, code): &(String, String, tonic::Code)| {
+            format!(
+                "grpc_service=\"{}\",grpc_method=\"{}\",grpc_code=\"{}\"",
+                escape(service),
+                escape(method),
+                code_name(*code)
+            )
+        };
+        for (key, series) in &calls {
+            let count: u64 = series
+                .latency
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum();
+            let _ = writeln!(out, "grpc_server_handled_total{{{}}} {count}", label(key));
+        }
+        out.push_str(
+            "# HELP grpc_server_handling_seconds Call latency in the server, by service, method and status code.\n\
+             # TYPE grpc_server_handling_seconds histogram\n",
+        );
+        for (key, series) in &calls {
+            series
+                .latency
+                .write(&mut out, "grpc_server_handling_seconds", &label(key));
+        }
+
+        out.push_str(
+            "# HELP patd_introspect_total Introspect answers by outcome (inactive reasons are never sent to callers).\n\
+             # TYPE patd_introspect_total counter\n",
+        );
+        for ((_, name), count) in OUTCOMES.iter().zip(&self.introspect) {
+            let count = count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "patd_introspect_total{{outcome=\"{name}\"}} {count}");
+        }
+        out.push_str(
+            "# HELP patd_token_cache_lookups_total Token cache lookups by result.\n\
+             # TYPE patd_token_cache_lookups_total counter\n",
+        );
+        for ((_, name), count) in CACHE_LOOKUPS.iter().zip(&self.cache) {
+            let count = count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "patd_token_cache_lookups_total{{result=\"{name}\"}} {count}"
+            );
+        }
+
+        let pool = store.pool_status();
+        let _ = write!(
+            out,
+            "# HELP patd_storage_connections Storage pool connections by state.\n\
+             # TYPE patd_storage_connections gauge\n\
+             patd_storage_connections{{state=\"idle\"}} {}\n\
+             patd_storage_connections{{state=\"in_use\"}} {}\n\
+             # HELP patd_storage_connections_max The storage pool's size limit.\n\
+             # TYPE patd_storage_connections_max gauge\n\
+             patd_storage_connections_max {}\n\
+             # HELP patd_storage_reachable 1 while storage answers the server's checks.\n\
+             # TYPE patd_storage_reachable gauge\n\
+             patd_storage_reachable {}\n\
+             # HELP patd_storage_calls_waited_total Storage calls that found every pooled connection busy and had to wait.\n\
+             # TYPE patd_storage_calls_waited_total counter\n\
+             patd_storage_calls_waited_total {}\n\
+             # HELP patd_storage_call_seconds Storage call latency, including the wait for a connection.\n\
+             # TYPE patd_storage_call_seconds histogram\n",
+            pool.idle,
+            pool.size.saturating_sub(pool.idle),
+            pool.max,
+            u8::from(store.is_reachable()),
+            store.stats().calls_waited.load(Ordering::Relaxed),
+        );
+        store
+            .stats()
+            .call_latency
+            .write(&mut out, "patd_storage_call_seconds", "");
+
+        if let Some(counts) = self.token_counts(store).await {
+            let _ = write!(
+                out,
+                "# HELP patd_tokens Stored tokens by state (refreshed at most every {}s).\n\
+                 # TYPE patd_tokens gauge\n\
+                 patd_tokens{{state=\"active\"}} {}\n\
+                 patd_tokens{{state=\"expired\"}} {}\n\
+                 patd_tokens{{state=\"revoked\"}} {}\n",
+                TOKEN_COUNT_MAX_AGE.as_secs(),
+                counts.active,
+                counts.expired,
+                counts.revoked
+            );
+        }
+        out
+    }
+}
+
+fn code_name(code: tonic::Code) -> String {
+    // Prometheus convention (grpc-ecosystem): the code's name in CamelCase.
+    format!("{code:?}")
+}
+
+/// Escapes a label value: backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serves `GET /metrics` over HTTP/1.1 on `listener` (until the task is dropped).
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Store) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // Out of file descriptors, say: back off rather than spin.
+                tracing::warn!(error = %err, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        let store = store.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let metrics = metrics.clone();
+            let store = store.clone();
+            async move { Ok::<_, std::convert::Infallible>(respond(&metrics, &store, request).await) }
+        });
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(Duration::from_secs(60), connection).await;
+        });
+    }
+}
+
+async fn respond(
+    metrics: &Metrics,
+    store: &Store,
+    request: http::Request<hyper::body::Incoming>,
+) -> http::Response<Full<Bytes>> {
+    let reply = |status: http::StatusCode, content_type: &'static str, body: String| {
+        http::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts are valid")
+    };
+    match (request.method(), request.uri().path()) {
+        (&http::Method::GET | &http::Method::HEAD, "/metrics") => reply(
+            http::StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(store).await,
+        ),
+        (_, "/metrics") => reply(
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "use GET\n".to_owned(),
+        ),
+        _ => reply(
+            http::StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "metrics are at /metrics\n".to_owned(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_sum_and_count() {
+        let histogram = Histogram::default();
+        for micros in [50, 100, 101, 3_000, 20_000_000] {
+            histogram.observe(Duration::from_micros(micros));
+        }
+        let mut out = String::new();
+        histogram.write(&mut out, "x", "a=\"b\"");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"0.0001\"} 2\n"), "{out}");
+        assert!(
+            out.contains("x_bucket{a=\"b\",le=\"0.00025\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_bucket{a=\"b\",le=\"0.005\"} 4\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"10\"} 4\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 5\n"), "{out}");
+        assert!(out.contains("x_count{a=\"b\"} 5\n"), "{out}");
+        assert!(out.contains("x_sum{a=\"b\"} 20.003251\n"), "{out}");
+    }
+
+    #[test]
+    fn call_series_are_bounded() {
+        let metrics = Metrics::default();
+        for i in 0..(MAX_CALL_SERIES + 50) {
+            metrics.record_call(
+                &format!("/svc/m{i}"),
+                tonic::Code::Unimplemented,
+                Duration::ZERO,
+            );
+        }
+        let calls = metrics.calls.read().unwrap();
+        assert_eq!(
+            calls.len(),
+            MAX_CALL_SERIES + 1,
+            "the excess shares one `other` series"
+        );
+        let other = &calls[&(
+            "other".to_owned(),
+            "other".to_owned(),
+            tonic::Code::Unimplemented,
+        )];
+        assert_eq!(
+            other
+                .latency
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum::<u64>(),
+            50
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
