@@ -171,7 +171,7 @@ async fn seed(store: &Store, fixture: &Fixture, tokens: u64) -> Result<(), Box<d
             .collect();
         store.insert_many(&batch).await?;
         next = end;
-        if next % 100_000 == 0 || next == tokens {
+        if next.is_multiple_of(100_000) || next == tokens {
             eprintln!("seed: {next}/{tokens} tokens ({:.1?})", started.elapsed());
         }
     }

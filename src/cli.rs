@@ -78,6 +78,10 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:50051]
     #[arg(long, env = "PATD_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Envoy ext_authz: remove `authorization` from allowed requests before they
+    /// reach the upstream [default: false]
+    #[arg(long, env = "PATD_EXT_AUTHZ_REMOVE_AUTHORIZATION")]
+    ext_authz_remove_authorization: Option<bool>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 0.0.0.0:9090 [default: off]
     #[arg(long, env = "PATD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -165,6 +169,8 @@ impl Cli {
             config_file: global.config.clone(),
             listen: serve.and_then(|args| args.listen),
             metrics_listen: serve.and_then(|args| args.metrics_listen),
+            ext_authz_remove_authorization: serve
+                .and_then(|args| args.ext_authz_remove_authorization),
             database_url: global.database_url.clone(),
             token_prefix: global.token_prefix.clone(),
             log: global.log.clone(),

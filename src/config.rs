@@ -41,6 +41,7 @@ struct FileConfig {
     negative_cache_capacity: Option<usize>,
     cache_ttl: Option<String>,
     preload_cache: Option<bool>,
+    ext_authz_remove_authorization: Option<bool>,
     max_in_flight: Option<usize>,
     call_timeout: Option<String>,
     max_message_bytes: Option<usize>,
@@ -65,6 +66,7 @@ pub struct Overrides {
     pub negative_cache_capacity: Option<usize>,
     pub cache_ttl: Option<Duration>,
     pub preload_cache: Option<bool>,
+    pub ext_authz_remove_authorization: Option<bool>,
     pub max_in_flight: Option<usize>,
     pub call_timeout: Option<Duration>,
     pub max_message_bytes: Option<usize>,
@@ -198,6 +200,10 @@ impl Config {
                 return Err(format!("{key} must be longer than zero"));
             }
         }
+        server.ext_authz_remove_authorization = overrides
+            .ext_authz_remove_authorization
+            .or(file.ext_authz_remove_authorization)
+            .unwrap_or(server.ext_authz_remove_authorization);
         server.preload_cache = overrides
             .preload_cache
             .or(file.preload_cache)

@@ -114,6 +114,31 @@ const CACHE_LOOKUPS: [(CacheLookup, &str); 3] = [
     (CacheLookup::Miss, "miss"),
 ];
 
+/// What Envoy's `Check` decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    Allowed,
+    /// No `authorization` header, or not `Bearer <token>`.
+    NoToken,
+    Inactive(IntrospectOutcome),
+    MissingScopes,
+    StorageError,
+    /// The route requires a scope that does not exist.
+    Misconfigured,
+}
+
+const CHECKS: [(Check, &str); 9] = [
+    (Check::Allowed, "allowed"),
+    (Check::NoToken, "no_token"),
+    (Check::Inactive(IntrospectOutcome::Malformed), "malformed"),
+    (Check::Inactive(IntrospectOutcome::Unknown), "unknown"),
+    (Check::Inactive(IntrospectOutcome::Expired), "expired"),
+    (Check::Inactive(IntrospectOutcome::Revoked), "revoked"),
+    (Check::MissingScopes, "missing_scopes"),
+    (Check::StorageError, "storage_error"),
+    (Check::Misconfigured, "misconfigured"),
+];
+
 #[derive(Debug, Default)]
 struct CallSeries {
     latency: Histogram,
@@ -125,6 +150,7 @@ pub struct Metrics {
     calls: RwLock<HashMap<(String, String, tonic::Code), Arc<CallSeries>>>,
     introspect: [AtomicU64; OUTCOMES.len()],
     cache: [AtomicU64; CACHE_LOOKUPS.len()],
+    checks: [AtomicU64; CHECKS.len()],
     token_counts: Mutex<Option<(Instant, TokenCounts)>>,
 }
 
@@ -155,6 +181,15 @@ impl Metrics {
             .position(|(o, _)| *o == outcome)
             .unwrap_or(0);
         self.introspect[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_check(&self, check: Check) {
+        // Outcomes that are not a decision on a token's state count as errors.
+        let index = CHECKS
+            .iter()
+            .position(|(c, _)| *c == check)
+            .unwrap_or(CHECKS.len() - 2);
+        self.checks[index].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_cache(&self, lookup: CacheLookup) {
@@ -233,6 +268,17 @@ impl Metrics {
         for ((_, name), count) in OUTCOMES.iter().zip(&self.introspect) {
             let count = count.load(Ordering::Relaxed);
             let _ = writeln!(out, "patd_introspect_total{{outcome=\"{name}\"}} {count}");
+        }
+        out.push_str(
+            "# HELP patd_ext_authz_checks_total Envoy ext_authz decisions (denials by reason).\n\
+             # TYPE patd_ext_authz_checks_total counter\n",
+        );
+        for ((_, name), count) in CHECKS.iter().zip(&self.checks) {
+            let count = count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "patd_ext_authz_checks_total{{decision=\"{name}\"}} {count}"
+            );
         }
         out.push_str(
             "# HELP patd_token_cache_lookups_total Token cache lookups by result.\n\

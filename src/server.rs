@@ -12,6 +12,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::cache::CacheSettings;
+use crate::grpc::ext_authz::ExtAuthzApi;
 use crate::grpc::introspection::IntrospectionApi;
 use crate::grpc::tokens::TokenApi;
 use crate::metrics;
@@ -22,16 +23,18 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::CallLogLayer;
 use crate::token::TokenFormat;
 use crate::verifier::Verifier;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// Our encoded descriptors, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pat_descriptor");
 
 /// Health service names: the whole server ("") and each of our services.
 /// They follow storage: a replica that cannot check tokens should get no traffic.
-const HEALTH_SERVICES: [&str; 3] = [
+const HEALTH_SERVICES: [&str; 4] = [
     "",
     <TokenServiceServer<TokenApi> as tonic::server::NamedService>::NAME,
     <IntrospectionServiceServer<IntrospectionApi> as tonic::server::NamedService>::NAME,
+    <AuthorizationServer<ExtAuthzApi> as tonic::server::NamedService>::NAME,
 ];
 
 /// SERVING for as long as the process answers at all, whatever storage does: the
@@ -55,6 +58,9 @@ pub struct ServerSettings {
     /// Apply migrations once storage is reachable (for stores opened lazily).
     pub migrate: bool,
     pub limits: Limits,
+    /// Envoy ext_authz: drop `authorization` from allowed requests before they
+    /// go upstream.
+    pub ext_authz_remove_authorization: bool,
 }
 
 impl Default for ServerSettings {
@@ -72,6 +78,7 @@ impl Default for ServerSettings {
             preload_cache: true,
             migrate: true,
             limits: Limits::default(),
+            ext_authz_remove_authorization: false,
         }
     }
 }
@@ -359,6 +366,13 @@ pub async fn run(
         .add_service(
             IntrospectionServiceServer::new(IntrospectionApi::new(verifier.clone()))
                 .max_decoding_message_size(limits.max_message_bytes),
+        )
+        .add_service(
+            AuthorizationServer::new(ExtAuthzApi::new(
+                verifier.clone(),
+                settings.ext_authz_remove_authorization,
+            ))
+            .max_decoding_message_size(limits.max_message_bytes),
         )
         .serve_with_incoming_shutdown(incoming, signal);
 

@@ -1,6 +1,7 @@
 //! gRPC services and the conversions between our types and the wire's.
 
 pub mod auth;
+pub mod ext_authz;
 pub mod introspection;
 pub mod tokens;
 

@@ -6,6 +6,7 @@ mod helpers;
 mod cache;
 mod chart;
 mod cli;
+mod ext_authz;
 mod faults;
 mod fleet;
 mod hostile;
