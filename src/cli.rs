@@ -1,5 +1,6 @@
-//! Command line: `serve`, `migrate`, and the operator's `token` commands, which work
-//! directly on the configured database (that is how the first token is minted).
+//! Command line: `serve`, `migrate`, the operator's `admin` commands, which work
+//! directly on the configured database (that is how the first token is minted), and
+//! the API client commands (`create`, `list`, …; see `client`).
 
 use std::error::Error;
 use std::io::IsTerminal;
@@ -11,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use crate::bench::{self, BenchArgs};
-use crate::client::{self, HealthArgs};
+use crate::client::{self, ClientCommand, HealthArgs};
 use crate::clock;
 use crate::config::{Config, Overrides};
 use crate::model::{Owner, TokenRecord, TokenSpec, parse_scopes};
@@ -63,9 +64,12 @@ enum Command {
     Serve(ServeArgs),
     /// Apply the embedded database migrations and exit
     Migrate,
-    /// Operator commands working directly on the database, bypassing the API
+    /// Operator commands on the database itself, bypassing the API and its checks:
+    /// bootstrap (the first token) and recovery. Need --database-url, not a token.
     #[command(subcommand)]
-    Token(TokenCommand),
+    Admin(AdminCommand),
+    #[command(flatten)]
+    Client(ClientCommand),
     /// Ask a running server for its grpc.health.v1 status; exit 0 only if SERVING
     Health(HealthArgs),
     /// Load-test Introspect against Health/Check (seeds its own database,
@@ -124,7 +128,7 @@ struct ServeArgs {
 }
 
 #[derive(Debug, Subcommand)]
-enum TokenCommand {
+enum AdminCommand {
     /// Create a token for any subject and account; prints the secret once, on stdout
     Create {
         #[arg(long)]
@@ -212,13 +216,14 @@ pub async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Health(args) => Ok(client::health(args).await?),
+        Command::Client(command) => Ok(client::run(command).await?),
         Command::Bench(args) => {
             let url = cli.global.database_url.clone().map(DatabaseUrl::new);
             bench::run(args, url, config.token_format().clone()).await
         }
-        Command::Token(command) => {
+        Command::Admin(command) => {
             let store = Store::connect(&config.store_options(), true).await?;
-            let result = token_command(&config, &store, command).await;
+            let result = admin_command(&config, &store, command).await;
             store.close().await;
             result
         }
@@ -309,9 +314,9 @@ fn micros_of(time: SystemTime) -> Result<i64, String> {
     i64::try_from(since_epoch.as_micros()).map_err(|_| "expiry is too far in the future".to_owned())
 }
 
-async fn token_command(config: &Config, store: &Store, command: TokenCommand) -> CliResult {
+async fn admin_command(config: &Config, store: &Store, command: AdminCommand) -> CliResult {
     match command {
-        TokenCommand::Create {
+        AdminCommand::Create {
             subject,
             account,
             name,
@@ -338,7 +343,7 @@ async fn token_command(config: &Config, store: &Store, command: TokenCommand) ->
             println!("{}", secret.expose());
             Ok(())
         }
-        TokenCommand::List { subject, account } => {
+        AdminCommand::List { subject, account } => {
             let owner = match (subject, account) {
                 (Some(subject), Some(account)) => Some(Owner::new(&subject, &account)?),
                 _ => None,
@@ -369,7 +374,7 @@ async fn token_command(config: &Config, store: &Store, command: TokenCommand) ->
                 }
             }
         }
-        TokenCommand::Revoke { id } => {
+        AdminCommand::Revoke { id } => {
             let token = find(store, &id).await?;
             let now = clock::now_micros();
             let revoked = store.revoke(&token.owner, &id, now).await?;
@@ -377,7 +382,7 @@ async fn token_command(config: &Config, store: &Store, command: TokenCommand) ->
             println!("{}", describe(&revoked, now));
             Ok(())
         }
-        TokenCommand::Delete { id } => {
+        AdminCommand::Delete { id } => {
             let token = find(store, &id).await?;
             if store.delete(&token.owner, &id).await?.is_none() {
                 return Err(format!("no token with id {id}").into());

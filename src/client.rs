@@ -1,40 +1,497 @@
-//! Commands that talk to a running patd over gRPC (the operator's `token` commands,
-//! by contrast, open the database directly).
+//! Commands that talk to a running patd over gRPC, as any API user would, with a
+//! token from `PATD_TOKEN` (the operator's `admin` commands, by contrast, open the
+//! database directly). Human tables by default, `--json` for scripts, and exit
+//! codes scripts can rely on (see [`ClientError`]).
 
-use std::time::Duration;
+use std::fmt;
+use std::io::{BufRead, IsTerminal};
+use std::time::{Duration, SystemTime};
 
-use clap::Args;
-use tonic::transport::Endpoint;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::clock;
+use crate::proto;
+use crate::proto::introspection_service_client::IntrospectionServiceClient;
+use crate::proto::token_service_client::TokenServiceClient;
+
+/// A failed client command: the message for stderr and the process exit code.
+#[derive(Debug)]
+pub struct ClientError {
+    pub exit_code: u8,
+    pub message: String,
+}
+
+/// Exit codes, documented in the README. 2 is clap's usage error.
+pub mod exit {
+    /// Anything else: an internal error, a bad response.
+    pub const FAILED: u8 = 1;
+    /// No such token (or not yours).
+    pub const NOT_FOUND: u8 = 3;
+    /// The credential is missing, inactive, or lacks the scope.
+    pub const DENIED: u8 = 4;
+    /// The server refused the input (bad name, unknown scope, past expiry, …).
+    pub const INVALID: u8 = 5;
+    /// `introspect`: the token is not active.
+    pub const INACTIVE: u8 = 6;
+    /// `health`: the server answered but is not SERVING.
+    pub const NOT_SERVING: u8 = 7;
+    /// Unreachable, overloaded or timed out: retrying later may succeed (EX_TEMPFAIL).
+    pub const RETRY: u8 = 75;
+}
+
+impl ClientError {
+    fn new(exit_code: u8, message: impl Into<String>) -> ClientError {
+        ClientError {
+            exit_code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<Status> for ClientError {
+    fn from(status: Status) -> ClientError {
+        let exit_code = match status.code() {
+            Code::NotFound => exit::NOT_FOUND,
+            Code::Unauthenticated | Code::PermissionDenied => exit::DENIED,
+            Code::InvalidArgument
+            | Code::OutOfRange
+            | Code::FailedPrecondition
+            | Code::AlreadyExists => exit::INVALID,
+            Code::Unavailable
+            | Code::ResourceExhausted
+            | Code::DeadlineExceeded
+            | Code::Cancelled => exit::RETRY,
+            _ => exit::FAILED,
+        };
+        ClientError::new(
+            exit_code,
+            format!("{:?}: {}", status.code(), status.message()),
+        )
+    }
+}
+
+type ClientResult = Result<(), ClientError>;
+
+/// Where the server is and how to reach it.
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    /// The server, as HOST:PORT
+    #[arg(long, env = "PATD_ADDR", default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// Give up on a call after this long, e.g. 5s
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// A caller with a credential.
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// The caller's token (prefer the environment: flags show in `ps`)
+    #[arg(long, env = "PATD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Create a token for yourself; prints the secret once, on stdout
+    Create {
+        #[command(flatten)]
+        auth: AuthArgs,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes, e.g. license:read,tag:read
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 30d, 12h, "1w 2d"
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "expires_at")]
+        expires_in: Option<Duration>,
+        /// Expiry as RFC 3339, e.g. 2027-01-31T00:00:00Z
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        expires_at: Option<SystemTime>,
+    },
+    /// List all your tokens, newest first (pages through everything)
+    List {
+        #[command(flatten)]
+        auth: AuthArgs,
+        /// Tokens fetched per call (the server allows up to 1000)
+        #[arg(long, default_value_t = 1000)]
+        page_size: i32,
+    },
+    /// Show one of your tokens
+    Get {
+        #[command(flatten)]
+        auth: AuthArgs,
+        id: String,
+    },
+    /// Revoke one of your tokens (idempotent)
+    Revoke {
+        #[command(flatten)]
+        auth: AuthArgs,
+        id: String,
+    },
+    /// Delete one of your tokens
+    Delete {
+        #[command(flatten)]
+        auth: AuthArgs,
+        id: String,
+    },
+    /// Ask whether a token is active: exit 0 if it is, 6 if not. The token is read
+    /// from stdin (one line), so that it never appears in `ps` or shell history.
+    Introspect {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Scopes the token must grant; missing ones are listed (and exit 6)
+        #[arg(long, value_delimiter = ',')]
+        require: Vec<String>,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// The scope catalog
+    Scopes {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct HealthArgs {
-    /// The server, as HOST:PORT
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    addr: String,
+    #[command(flatten)]
+    conn: ConnArgs,
     /// Health service to ask about: "" for the whole server, `liveness`, or a
     /// service such as pat.v1.IntrospectionService
     #[arg(long, default_value = "")]
     service: String,
-    /// Give up after this long, e.g. 5s
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
+}
+
+async fn connect(conn: &ConnArgs) -> Result<Channel, ClientError> {
+    let endpoint = Endpoint::from_shared(format!("http://{}", conn.addr))
+        .map_err(|err| {
+            ClientError::new(exit::FAILED, format!("bad --addr {:?}: {err}", conn.addr))
+        })?
+        .connect_timeout(conn.timeout)
+        .timeout(conn.timeout);
+    endpoint.connect().await.map_err(|err| {
+        ClientError::new(
+            exit::RETRY,
+            format!("cannot connect to {}: {err}", conn.addr),
+        )
+    })
+}
+
+fn authed<T>(auth: &AuthArgs, message: T) -> Result<Request<T>, ClientError> {
+    let token = auth.token.as_deref().ok_or_else(|| {
+        ClientError::new(
+            exit::DENIED,
+            "no credential: set PATD_TOKEN (or --token) to a token with personalAccessToken:write",
+        )
+    })?;
+    let mut request = Request::new(message);
+    let value = format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| ClientError::new(exit::DENIED, "PATD_TOKEN is not printable ASCII"))?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+fn time(timestamp: Option<&prost_types::Timestamp>) -> Option<String> {
+    timestamp
+        .and_then(clock::from_timestamp)
+        .map(clock::rfc3339)
+}
+
+fn state_name(token: &proto::Token) -> &'static str {
+    match token.state() {
+        proto::TokenState::Active => "active",
+        proto::TokenState::Expired => "expired",
+        proto::TokenState::Revoked => "revoked",
+        proto::TokenState::Unspecified => "unknown",
+    }
+}
+
+fn token_json(token: &proto::Token) -> Value {
+    json!({
+        "id": token.id,
+        "name": token.name,
+        "subject": token.subject,
+        "account": token.account,
+        "scopes": token.scopes,
+        "state": state_name(token),
+        "hint": token.hint,
+        "created_at": time(token.created_at.as_ref()),
+        "expires_at": time(token.expires_at.as_ref()),
+        "revoked_at": time(token.revoked_at.as_ref()),
+        "last_used_at": time(token.last_used_at.as_ref()),
+    })
+}
+
+/// One token as `key: value` lines.
+fn token_text(token: &proto::Token) -> String {
+    let or = |value: Option<String>, none: &str| value.unwrap_or_else(|| none.to_owned());
+    format!(
+        "id:           {}\nname:         {}\nowner:        {} @ {}\nstate:        {}\nscopes:       {}\nhint:         {}\ncreated:      {}\nexpires:      {}\nrevoked:      {}\nlast used:    {}",
+        token.id,
+        token.name,
+        token.subject,
+        token.account,
+        state_name(token),
+        token.scopes.join(" "),
+        token.hint,
+        or(time(token.created_at.as_ref()), "-"),
+        or(time(token.expires_at.as_ref()), "never"),
+        or(time(token.revoked_at.as_ref()), "-"),
+        or(time(token.last_used_at.as_ref()), "never"),
+    )
+}
+
+fn print_token(token: &proto::Token, json: bool) {
+    if json {
+        println!("{}", token_json(token));
+    } else {
+        println!("{}", token_text(token));
+    }
+}
+
+fn timestamp_of(time: SystemTime) -> Result<prost_types::Timestamp, ClientError> {
+    let since_epoch = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| ClientError::new(exit::INVALID, "expiry is before 1970"))?;
+    Ok(prost_types::Timestamp {
+        seconds: i64::try_from(since_epoch.as_secs())
+            .map_err(|_| ClientError::new(exit::INVALID, "expiry is too far in the future"))?,
+        nanos: i32::try_from(since_epoch.subsec_nanos()).unwrap_or(0),
+    })
+}
+
+/// The token to introspect: one line of stdin.
+fn read_presented_token() -> Result<String, ClientError> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("token: ");
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line).map_err(|err| {
+        ClientError::new(
+            exit::FAILED,
+            format!("cannot read the token from stdin: {err}"),
+        )
+    })?;
+    let token = line.trim().to_owned();
+    if token.is_empty() {
+        return Err(ClientError::new(
+            exit::INVALID,
+            "no token on stdin: pipe it in, e.g. `printenv TOKEN | patd introspect`",
+        ));
+    }
+    Ok(token)
+}
+
+pub async fn run(command: ClientCommand) -> ClientResult {
+    match command {
+        ClientCommand::Create {
+            auth,
+            name,
+            scopes,
+            expires_in,
+            expires_at,
+        } => {
+            let expires_at = match (expires_in, expires_at) {
+                (Some(lifetime), _) => Some(timestamp_of(SystemTime::now() + lifetime)?),
+                (None, Some(at)) => Some(timestamp_of(at)?),
+                (None, None) => None,
+            };
+            let request = proto::CreateTokenRequest {
+                name,
+                scopes,
+                expires_at,
+            };
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let created = client
+                .create_token(authed(&auth, request)?)
+                .await?
+                .into_inner();
+            let token = created.token.unwrap_or_default();
+            if auth.json {
+                println!(
+                    "{}",
+                    json!({ "token": token_json(&token), "secret": created.secret })
+                );
+            } else {
+                eprintln!("{}", token_text(&token));
+                eprintln!("The secret below is shown once; store it now.");
+                println!("{}", created.secret);
+            }
+            Ok(())
+        }
+        ClientCommand::List { auth, page_size } => {
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let mut page_token = String::new();
+            if !auth.json {
+                println!(
+                    "{:<22}  {:<8}  {:<24}  {:<20}  {:<20}  SCOPES",
+                    "ID", "STATE", "NAME", "EXPIRES", "LAST USED"
+                );
+            }
+            loop {
+                let request = proto::ListTokensRequest {
+                    page_size,
+                    page_token,
+                };
+                let page = client
+                    .list_tokens(authed(&auth, request)?)
+                    .await?
+                    .into_inner();
+                for token in &page.tokens {
+                    if auth.json {
+                        // One object per line: streams, and `jq` reads it as is.
+                        println!("{}", token_json(token));
+                    } else {
+                        println!(
+                            "{:<22}  {:<8}  {:<24}  {:<20}  {:<20}  {}",
+                            token.id,
+                            state_name(token),
+                            token.name,
+                            time(token.expires_at.as_ref()).unwrap_or_else(|| "never".to_owned()),
+                            time(token.last_used_at.as_ref()).unwrap_or_else(|| "never".to_owned()),
+                            token.scopes.join(" "),
+                        );
+                    }
+                }
+                if page.next_page_token.is_empty() {
+                    return Ok(());
+                }
+                page_token = page.next_page_token;
+            }
+        }
+        ClientCommand::Get { auth, id } => {
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let request = authed(&auth, proto::GetTokenRequest { id })?;
+            print_token(&client.get_token(request).await?.into_inner(), auth.json);
+            Ok(())
+        }
+        ClientCommand::Revoke { auth, id } => {
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let request = authed(&auth, proto::RevokeTokenRequest { id })?;
+            print_token(&client.revoke_token(request).await?.into_inner(), auth.json);
+            Ok(())
+        }
+        ClientCommand::Delete { auth, id } => {
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let request = authed(&auth, proto::DeleteTokenRequest { id: id.clone() })?;
+            client.delete_token(request).await?;
+            if auth.json {
+                println!("{}", json!({ "deleted": id }));
+            } else {
+                println!("deleted {id}");
+            }
+            Ok(())
+        }
+        ClientCommand::Introspect {
+            conn,
+            require,
+            json,
+        } => {
+            let token = read_presented_token()?;
+            let mut client = IntrospectionServiceClient::new(connect(&conn).await?);
+            let request = proto::IntrospectRequest {
+                token,
+                required_scopes: require,
+            };
+            let answer = client.introspect(request).await?.into_inner();
+            if json {
+                println!(
+                    "{}",
+                    if answer.active {
+                        json!({
+                            "active": true,
+                            "token_id": answer.token_id,
+                            "name": answer.name,
+                            "subject": answer.subject,
+                            "account": answer.account,
+                            "scopes": answer.scopes,
+                            "issued_at": time(answer.issued_at.as_ref()),
+                            "expires_at": time(answer.expires_at.as_ref()),
+                            "missing_scopes": answer.missing_scopes,
+                        })
+                    } else {
+                        json!({ "active": false })
+                    }
+                );
+            } else if answer.active {
+                println!(
+                    "active:       true\ntoken id:     {}\nname:         {}\nowner:        {} @ {}\nscopes:       {}\nexpires:      {}",
+                    answer.token_id,
+                    answer.name,
+                    answer.subject,
+                    answer.account,
+                    answer.scopes.join(" "),
+                    time(answer.expires_at.as_ref()).unwrap_or_else(|| "never".to_owned()),
+                );
+                if !answer.missing_scopes.is_empty() {
+                    println!("missing:      {}", answer.missing_scopes.join(" "));
+                }
+            } else {
+                println!("active:       false");
+            }
+            if !answer.active {
+                return Err(ClientError::new(exit::INACTIVE, "the token is not active"));
+            }
+            if !answer.missing_scopes.is_empty() {
+                return Err(ClientError::new(
+                    exit::INACTIVE,
+                    format!("the token lacks {}", answer.missing_scopes.join(", ")),
+                ));
+            }
+            Ok(())
+        }
+        ClientCommand::Scopes { conn, json } => {
+            let mut client = TokenServiceClient::new(connect(&conn).await?);
+            let scopes = client
+                .list_scopes(proto::ListScopesRequest {})
+                .await?
+                .into_inner()
+                .scopes;
+            for scope in scopes {
+                if json {
+                    println!(
+                        "{}",
+                        json!({ "name": scope.name, "description": scope.description })
+                    );
+                } else {
+                    println!("{:<32}  {}", scope.name, scope.description);
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Asks `grpc.health.v1.Health/Check` and prints the status; succeeds only on
 /// SERVING, so scripts, `helm test` and container health checks can rely on it.
-pub async fn health(args: HealthArgs) -> Result<(), String> {
-    let target = format!("http://{}", args.addr);
-    let endpoint = Endpoint::from_shared(target)
-        .map_err(|err| format!("bad --addr {:?}: {err}", args.addr))?
-        .connect_timeout(args.timeout)
-        .timeout(args.timeout);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|err| format!("cannot connect to {}: {err}", args.addr))?;
+pub async fn health(args: HealthArgs) -> ClientResult {
+    let channel = connect(&args.conn).await?;
     let request = HealthCheckRequest {
         service: args.service.clone(),
     };
@@ -42,12 +499,9 @@ pub async fn health(args: HealthArgs) -> Result<(), String> {
         .check(request)
         .await
         .map_err(|status| {
-            format!(
-                "health check of {:?} failed: {:?}: {}",
-                args.service,
-                status.code(),
-                status.message()
-            )
+            let mut err = ClientError::from(status);
+            err.message = format!("health check of {:?} failed: {}", args.service, err.message);
+            err
         })?
         .into_inner()
         .status();
@@ -55,6 +509,9 @@ pub async fn health(args: HealthArgs) -> Result<(), String> {
     if status == ServingStatus::Serving {
         Ok(())
     } else {
-        Err(format!("{:?} is {}", args.service, status.as_str_name()))
+        Err(ClientError::new(
+            exit::NOT_SERVING,
+            format!("{:?} is {}", args.service, status.as_str_name()),
+        ))
     }
 }

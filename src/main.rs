@@ -20,7 +20,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("patd: {err}");
-            ExitCode::FAILURE
+            // Client commands have exit codes of their own (see the README).
+            err.downcast_ref::<patd::client::ClientError>()
+                .map_or(ExitCode::FAILURE, |err| ExitCode::from(err.exit_code))
         }
     }
 }

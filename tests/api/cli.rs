@@ -44,7 +44,7 @@ fn stderr(output: &Output) -> String {
 async fn operator_commands_mint_list_revoke_and_delete(app: TestApp) {
     let created = run(
         &app,
-        "token create --subject alice --account acme --name ci \
+        "admin create --subject alice --account acme --name ci \
          --scopes license:read,personalAccessToken:write --expires-in 30d",
     );
     assert!(created.status.success(), "{}", stderr(&created));
@@ -65,7 +65,7 @@ async fn operator_commands_mint_list_revoke_and_delete(app: TestApp) {
     let id = note.split_whitespace().nth(1).unwrap().to_owned();
     assert!(app.is_active(&secret).await);
 
-    let listed = run(&app, "token list");
+    let listed = run(&app, "admin list");
     assert!(listed.status.success());
     let line = stdout(&listed)
         .lines()
@@ -78,30 +78,30 @@ async fn operator_commands_mint_list_revoke_and_delete(app: TestApp) {
     );
     assert!(!stdout(&listed).contains(&secret));
 
-    let revoked = run(&app, &format!("token revoke {id}"));
+    let revoked = run(&app, &format!("admin revoke {id}"));
     assert!(revoked.status.success(), "{}", stderr(&revoked));
     assert!(stdout(&revoked).contains("revoked"));
     // The server learns of the CLI's change through token_changes.
     app.wait_until_inactive(&secret).await;
     assert!(
-        run(&app, &format!("token revoke {id}")).status.success(),
+        run(&app, &format!("admin revoke {id}")).status.success(),
         "revoke is idempotent"
     );
 
-    let deleted = run(&app, &format!("token delete {id}"));
+    let deleted = run(&app, &format!("admin delete {id}"));
     assert!(deleted.status.success(), "{}", stderr(&deleted));
-    assert!(!stdout(&run(&app, "token list")).contains(&id));
+    assert!(!stdout(&run(&app, "admin list")).contains(&id));
 }
 
 async fn operator_commands_refuse_bad_input_with_exit_code_1(app: TestApp) {
-    let create = "token create --subject a --account b --name n";
+    let create = "admin create --subject a --account b --name n";
     let cases = [
         (
             format!("{create} --scopes nope:read"),
             "unknown scope \"nope:read\"",
         ),
         (
-            "token create --subject= --account b --name n --scopes tag:read".to_owned(),
+            "admin create --subject= --account b --name n --scopes tag:read".to_owned(),
             "subject is required",
         ),
         (
@@ -109,11 +109,11 @@ async fn operator_commands_refuse_bad_input_with_exit_code_1(app: TestApp) {
             "not in the future",
         ),
         (
-            "token revoke AAAAAAAAAAAAAAAAAAAAAA".to_owned(),
+            "admin revoke AAAAAAAAAAAAAAAAAAAAAA".to_owned(),
             "no token with id",
         ),
         (
-            "token delete AAAAAAAAAAAAAAAAAAAAAA".to_owned(),
+            "admin delete AAAAAAAAAAAAAAAAAAAAAA".to_owned(),
             "no token with id",
         ),
     ];
@@ -127,7 +127,7 @@ async fn operator_commands_refuse_bad_input_with_exit_code_1(app: TestApp) {
         );
     }
     assert!(
-        stdout(&run(&app, "token list")).lines().count() == 1,
+        stdout(&run(&app, "admin list")).lines().count() == 1,
         "only the header: nothing was created"
     );
 }
@@ -224,7 +224,7 @@ async fn health_command_exits_zero_only_when_serving(app: TestApp) {
         assert_eq!(stdout(&serving).trim(), "SERVING");
     }
     let unknown = patd_health(&addr, "no.such.Service").await;
-    assert_eq!(unknown.status.code(), Some(1));
+    assert_eq!(unknown.status.code(), Some(3), "NOT_FOUND");
     assert!(
         stderr(&unknown).contains("NotFound"),
         "{}",
@@ -233,7 +233,7 @@ async fn health_command_exits_zero_only_when_serving(app: TestApp) {
 
     let nobody = free_addr();
     let unreachable = patd_health(&nobody, "").await;
-    assert_eq!(unreachable.status.code(), Some(1));
+    assert_eq!(unreachable.status.code(), Some(75), "retry later");
     assert!(
         stderr(&unreachable).contains(&format!("cannot connect to {nobody}")),
         "{}",
@@ -242,8 +242,219 @@ async fn health_command_exits_zero_only_when_serving(app: TestApp) {
 }
 
 backend_tests!(
+    client_commands_manage_tokens_through_the_api,
+    client_exit_codes_tell_scripts_what_went_wrong,
     health_command_exits_zero_only_when_serving,
     operator_commands_mint_list_revoke_and_delete,
     operator_commands_refuse_bad_input_with_exit_code_1,
     serve_runs_until_sigterm_and_exits_zero,
 );
+
+/// Runs a client command against the app as the holder of `token` (if any),
+/// feeding `stdin`; off the test's runtime, which serves the app.
+async fn client(app: &TestApp, token: Option<&str>, args: &[&str], stdin: &str) -> Output {
+    let mut command = patd();
+    command
+        .args(args)
+        .args(["--addr", &app.addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(token) = token {
+        command.env("PATD_TOKEN", token);
+    }
+    let stdin = stdin.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn().expect("patd runs");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn json_lines(output: &Output) -> Vec<serde_json::Value> {
+    stdout(output)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}
+
+async fn client_commands_manage_tokens_through_the_api(app: TestApp) {
+    let manager = app.manager("alice", &["tag:read"]).await;
+    let me = Some(manager.as_str());
+
+    let created = client(
+        &app,
+        me,
+        &[
+            "create",
+            "--name",
+            "ci",
+            "--scopes",
+            "tag:read",
+            "--expires-in",
+            "30d",
+        ],
+        "",
+    )
+    .await;
+    assert!(created.status.success(), "{}", stderr(&created));
+    let secret = stdout(&created).trim().to_owned();
+    assert!(
+        app.format.parse(&secret).is_some(),
+        "stdout is exactly the secret"
+    );
+    assert!(
+        stderr(&created).contains("state:        active"),
+        "{}",
+        stderr(&created)
+    );
+    assert!(!stderr(&created).contains(&secret));
+    assert!(app.is_active(&secret).await);
+
+    for name in ["b", "c", "d"] {
+        let made = client(
+            &app,
+            me,
+            &["create", "--name", name, "--scopes", "tag:read", "--json"],
+            "",
+        )
+        .await;
+        let made = &json_lines(&made)[0];
+        assert_eq!(made["token"]["name"], name);
+        assert!(made["secret"].as_str().unwrap().starts_with("patd_"));
+    }
+    // Pages of two: every token is listed once, newest first.
+    let listed = client(&app, me, &["list", "--json", "--page-size", "2"], "").await;
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let names: Vec<String> = json_lines(&listed)
+        .iter()
+        .map(|token| token["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["d", "c", "b", "ci", "minted"]);
+    let ci = json_lines(&listed)
+        .into_iter()
+        .find(|token| token["name"] == "ci")
+        .unwrap();
+    let id = ci["id"].as_str().unwrap().to_owned();
+    assert_eq!(ci["state"], "active");
+    assert!(ci["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    let table = client(&app, me, &["list"], "").await;
+    assert!(stdout(&table).lines().next().unwrap().starts_with("ID"));
+    assert_eq!(stdout(&table).lines().count(), 6, "header and five tokens");
+
+    let got = client(&app, me, &["get", &id], "").await;
+    assert!(
+        stdout(&got).contains(&format!("id:           {id}")),
+        "{}",
+        stdout(&got)
+    );
+
+    let introspected = client(
+        &app,
+        None,
+        &["introspect", "--require", "tag:read", "--json"],
+        &format!("{secret}\n"),
+    )
+    .await;
+    assert!(introspected.status.success(), "{}", stderr(&introspected));
+    assert_eq!(json_lines(&introspected)[0]["subject"], "alice");
+    let lacking = client(
+        &app,
+        None,
+        &["introspect", "--require", "license:write"],
+        &secret,
+    )
+    .await;
+    assert_eq!(lacking.status.code(), Some(6));
+    assert!(stdout(&lacking).contains("missing:      license:write"));
+
+    let revoked = client(&app, me, &["revoke", &id, "--json"], "").await;
+    assert_eq!(json_lines(&revoked)[0]["state"], "revoked");
+    let inactive = client(&app, None, &["introspect"], &secret).await;
+    assert_eq!(inactive.status.code(), Some(6));
+    assert_eq!(stdout(&inactive).trim(), "active:       false");
+
+    let deleted = client(&app, me, &["delete", &id], "").await;
+    assert!(deleted.status.success());
+    let gone = client(&app, me, &["get", &id], "").await;
+    assert_eq!(gone.status.code(), Some(3), "{}", stderr(&gone));
+    assert!(
+        stderr(&gone).starts_with("patd: NotFound: "),
+        "{}",
+        stderr(&gone)
+    );
+
+    let scopes = client(&app, None, &["scopes", "--json"], "").await;
+    assert_eq!(json_lines(&scopes).len(), 29);
+}
+
+async fn client_exit_codes_tell_scripts_what_went_wrong(app: TestApp) {
+    let manager = app.manager("alice", &[]).await;
+    let (reader, _) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    let cases: [(Option<&str>, &[&str], i32, &str); 5] = [
+        (Some("patd_nonsense"), &["list"], 4, "Unauthenticated"),
+        (Some(&reader), &["list"], 4, "PermissionDenied"),
+        (
+            Some(&manager),
+            &["create", "--name", "x", "--scopes", "nope:read"],
+            5,
+            "nope:read",
+        ),
+        (
+            Some(&manager),
+            &[
+                "create",
+                "--name",
+                "x",
+                "--scopes",
+                "personalAccessToken:write",
+                "--expires-at",
+                "2001-01-01T00:00:00Z",
+            ],
+            5,
+            "future",
+        ),
+        (None, &["list"], 4, "PATD_TOKEN"),
+    ];
+    for (token, args, code, message) in cases {
+        let output = client(&app, token, args, "").await;
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(message),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        for secret in [&manager, &reader] {
+            assert!(
+                !stderr(&output).contains(secret.as_str()),
+                "a secret in an error"
+            );
+        }
+    }
+    let empty = client(&app, None, &["introspect"], "").await;
+    assert_eq!(empty.status.code(), Some(5));
+    assert!(stderr(&empty).contains("no token on stdin"));
+
+    let mut nowhere = patd();
+    let nobody = free_addr();
+    nowhere.args(["scopes", "--addr", &nobody]);
+    let output = tokio::task::spawn_blocking(move || nowhere.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(75), "unreachable: retry later");
+    assert!(stderr(&output).contains(&format!("cannot connect to {nobody}")));
+}

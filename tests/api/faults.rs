@@ -104,7 +104,7 @@ async fn postgres_lost_while_running_fails_closed_and_recovers() {
     let probe = helpers::patd_health(&addr, "").await;
     assert_eq!(
         probe.status.code(),
-        Some(1),
+        Some(7),
         "`patd health` fails on NOT_SERVING"
     );
     assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "NOT_SERVING");
