@@ -15,10 +15,14 @@ use crate::bench::{self, BenchArgs};
 use crate::client::{self, ClientCommand, HealthArgs};
 use crate::clock;
 use crate::config::{Config, Overrides};
+use crate::grpc::auth::{
+    IntrospectionCallers, generate_service_credential, service_credential_hash,
+};
 use crate::model::{Owner, TokenRecord, TokenSpec, parse_scopes};
 use crate::server;
 use crate::store::{Connect, Cursor, DatabaseUrl, Store};
 use crate::telemetry::{self, LogFormat};
+use crate::tls::{ClientAuth, TlsReloader};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,6 +90,24 @@ struct ServeArgs {
     /// reach the upstream [default: false]
     #[arg(long, env = "PATD_EXT_AUTHZ_REMOVE_AUTHORIZATION")]
     ext_authz_remove_authorization: Option<bool>,
+    /// PEM certificate chain for TLS on the gRPC port (reloaded when it changes)
+    #[arg(long, env = "PATD_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key for --tls-cert-file
+    #[arg(long, env = "PATD_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// PEM CA bundle: verify client certificates against it (mTLS)
+    #[arg(long, env = "PATD_TLS_CLIENT_CA_FILE")]
+    tls_client_ca_file: Option<PathBuf>,
+    /// With --tls-client-ca-file: must every client present a certificate? [default: optional]
+    #[arg(long, env = "PATD_TLS_CLIENT_AUTH", value_enum)]
+    tls_client_auth: Option<ClientAuth>,
+    /// How often the TLS files are checked for changes [default: 10s]
+    #[arg(long, env = "PATD_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration)]
+    tls_reload_interval: Option<Duration>,
+    /// Who may call Introspect and Check: any, or only trusted callers [default: any]
+    #[arg(long, env = "PATD_INTROSPECTION_CALLERS", value_enum)]
+    introspection_callers: Option<IntrospectionCallers>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 0.0.0.0:9090 [default: off]
     #[arg(long, env = "PATD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -129,6 +151,19 @@ struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
+    /// Generate a credential for a trusted internal caller: the secret on stdout,
+    /// the `[[trusted_callers]]` entry (with only its hash) on stderr
+    ServiceCredential {
+        /// The caller's name, e.g. portal
+        #[arg(long)]
+        name: String,
+    },
+    #[command(flatten)]
+    Tokens(AdminTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminTokenCommand {
     /// Create a token for any subject and account; prints the secret once, on stdout
     Create {
         #[arg(long)]
@@ -175,6 +210,12 @@ impl Cli {
             metrics_listen: serve.and_then(|args| args.metrics_listen),
             ext_authz_remove_authorization: serve
                 .and_then(|args| args.ext_authz_remove_authorization),
+            tls_cert_file: serve.and_then(|args| args.tls_cert_file.clone()),
+            tls_key_file: serve.and_then(|args| args.tls_key_file.clone()),
+            tls_client_ca_file: serve.and_then(|args| args.tls_client_ca_file.clone()),
+            tls_client_auth: serve.and_then(|args| args.tls_client_auth),
+            tls_reload_interval: serve.and_then(|args| args.tls_reload_interval),
+            introspection_callers: serve.and_then(|args| args.introspection_callers),
             database_url: global.database_url.clone(),
             token_prefix: global.token_prefix.clone(),
             log: global.log.clone(),
@@ -221,7 +262,16 @@ pub async fn run(cli: Cli) -> CliResult {
             let url = cli.global.database_url.clone().map(DatabaseUrl::new);
             bench::run(args, url, config.token_format().clone()).await
         }
-        Command::Admin(command) => {
+        Command::Admin(AdminCommand::ServiceCredential { name }) => {
+            let credential = generate_service_credential();
+            eprintln!(
+                "Add to the configuration file of every replica:\n\n[[trusted_callers]]\nname = {name:?}\ncredential_hash = \"{}\"\n\nThe credential below is shown once; give it to {name} only.",
+                service_credential_hash(&credential).to_hex()
+            );
+            println!("{credential}");
+            Ok(())
+        }
+        Command::Admin(AdminCommand::Tokens(command)) => {
             let store = Store::connect(&config.store_options(), true).await?;
             let result = admin_command(&config, &store, command).await;
             store.close().await;
@@ -268,8 +318,10 @@ async fn serve(config: &Config, migrate: bool) -> CliResult {
         ),
         None => None,
     };
+    let tls = config.tls.clone().map(TlsReloader::load).transpose()?;
     let listeners = server::Listeners {
         grpc: listener,
+        tls,
         metrics,
     };
     let stop = async {
@@ -314,9 +366,9 @@ fn micros_of(time: SystemTime) -> Result<i64, String> {
     i64::try_from(since_epoch.as_micros()).map_err(|_| "expiry is too far in the future".to_owned())
 }
 
-async fn admin_command(config: &Config, store: &Store, command: AdminCommand) -> CliResult {
+async fn admin_command(config: &Config, store: &Store, command: AdminTokenCommand) -> CliResult {
     match command {
-        AdminCommand::Create {
+        AdminTokenCommand::Create {
             subject,
             account,
             name,
@@ -343,7 +395,7 @@ async fn admin_command(config: &Config, store: &Store, command: AdminCommand) ->
             println!("{}", secret.expose());
             Ok(())
         }
-        AdminCommand::List { subject, account } => {
+        AdminTokenCommand::List { subject, account } => {
             let owner = match (subject, account) {
                 (Some(subject), Some(account)) => Some(Owner::new(&subject, &account)?),
                 _ => None,
@@ -374,7 +426,7 @@ async fn admin_command(config: &Config, store: &Store, command: AdminCommand) ->
                 }
             }
         }
-        AdminCommand::Revoke { id } => {
+        AdminTokenCommand::Revoke { id } => {
             let token = find(store, &id).await?;
             let now = clock::now_micros();
             let revoked = store.revoke(&token.owner, &id, now).await?;
@@ -382,7 +434,7 @@ async fn admin_command(config: &Config, store: &Store, command: AdminCommand) ->
             println!("{}", describe(&revoked, now));
             Ok(())
         }
-        AdminCommand::Delete { id } => {
+        AdminTokenCommand::Delete { id } => {
             let token = find(store, &id).await?;
             if store.delete(&token.owner, &id).await?.is_none() {
                 return Err(format!("no token with id {id}").into());

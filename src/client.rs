@@ -5,17 +5,19 @@
 
 use std::fmt;
 use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::clock;
+use crate::grpc::auth::{ACT_AS_ACCOUNT, ACT_AS_SUBJECT};
 use crate::proto;
 use crate::proto::introspection_service_client::IntrospectionServiceClient;
 use crate::proto::token_service_client::TokenServiceClient;
@@ -95,6 +97,23 @@ pub struct ConnArgs {
     /// Give up on a call after this long, e.g. 5s
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Connect with TLS, trusting this PEM CA bundle
+    #[arg(long, env = "PATD_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// With --ca-file: present this PEM client certificate (mTLS)
+    #[arg(
+        long,
+        env = "PATD_CLIENT_CERT_FILE",
+        requires = "ca_file",
+        requires = "client_key_file"
+    )]
+    client_cert_file: Option<PathBuf>,
+    /// The private key of --client-cert-file
+    #[arg(long, env = "PATD_CLIENT_KEY_FILE", requires = "client_cert_file")]
+    client_key_file: Option<PathBuf>,
+    /// With --ca-file: the name the server's certificate must carry [default: the host of --addr]
+    #[arg(long, env = "PATD_TLS_SERVER_NAME", requires = "ca_file")]
+    tls_server_name: Option<String>,
 }
 
 /// A caller with a credential.
@@ -108,6 +127,12 @@ pub struct AuthArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     json: bool,
+    /// Trusted callers only: the subject to act for (with --act-as-account)
+    #[arg(long, requires = "act_as_account")]
+    act_as_subject: Option<String>,
+    /// Trusted callers only: the account to act for
+    #[arg(long, requires = "act_as_subject")]
+    act_as_account: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,13 +211,39 @@ pub struct HealthArgs {
     service: String,
 }
 
+fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|err| {
+        ClientError::new(
+            exit::FAILED,
+            format!("cannot read {}: {err}", path.display()),
+        )
+    })
+}
+
 async fn connect(conn: &ConnArgs) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(format!("http://{}", conn.addr))
+    let scheme = if conn.ca_file.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", conn.addr))
         .map_err(|err| {
             ClientError::new(exit::FAILED, format!("bad --addr {:?}: {err}", conn.addr))
         })?
         .connect_timeout(conn.timeout)
         .timeout(conn.timeout);
+    if let Some(ca_file) = &conn.ca_file {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca_file)?));
+        if let (Some(cert), Some(key)) = (&conn.client_cert_file, &conn.client_key_file) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(name) = &conn.tls_server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|err| ClientError::new(exit::FAILED, format!("TLS settings: {err}")))?;
+    }
     endpoint.connect().await.map_err(|err| {
         ClientError::new(
             exit::RETRY,
@@ -208,11 +259,21 @@ fn authed<T>(auth: &AuthArgs, message: T) -> Result<Request<T>, ClientError> {
             "no credential: set PATD_TOKEN (or --token) to a token with personalAccessToken:write",
         )
     })?;
+    let ascii = |value: &str, what: &str| {
+        value
+            .parse()
+            .map_err(|_| ClientError::new(exit::INVALID, format!("{what} is not printable ASCII")))
+    };
     let mut request = Request::new(message);
-    let value = format!("Bearer {}", token.trim())
-        .parse()
-        .map_err(|_| ClientError::new(exit::DENIED, "PATD_TOKEN is not printable ASCII"))?;
-    request.metadata_mut().insert("authorization", value);
+    let metadata = request.metadata_mut();
+    metadata.insert(
+        "authorization",
+        ascii(&format!("Bearer {}", token.trim()), "PATD_TOKEN")?,
+    );
+    if let (Some(subject), Some(account)) = (&auth.act_as_subject, &auth.act_as_account) {
+        metadata.insert(ACT_AS_SUBJECT, ascii(subject, "--act-as-subject")?);
+        metadata.insert(ACT_AS_ACCOUNT, ascii(account, "--act-as-account")?);
+    }
     Ok(request)
 }
 

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::grpc::auth::{Callers, IntrospectionCallers, TrustedCallerConfig};
 use crate::server::ServerSettings;
 use crate::store::{DatabaseUrl, StoreOptions};
 use crate::telemetry::LogFormat;
+use crate::tls::{ClientAuth, TlsSettings};
 use crate::token::{DEFAULT_PREFIX, TokenFormat};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -47,6 +49,14 @@ struct FileConfig {
     max_message_bytes: Option<usize>,
     change_poll_interval: Option<String>,
     last_used_interval: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_client_ca_file: Option<PathBuf>,
+    tls_client_auth: Option<ClientAuth>,
+    tls_reload_interval: Option<String>,
+    #[serde(default)]
+    trusted_callers: Vec<TrustedCallerConfig>,
+    introspection_callers: Option<IntrospectionCallers>,
 }
 
 /// Values from flags or the environment; `None` falls through to the file.
@@ -72,6 +82,12 @@ pub struct Overrides {
     pub max_message_bytes: Option<usize>,
     pub change_poll_interval: Option<Duration>,
     pub last_used_interval: Option<Duration>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_client_ca_file: Option<PathBuf>,
+    pub tls_client_auth: Option<ClientAuth>,
+    pub tls_reload_interval: Option<Duration>,
+    pub introspection_callers: Option<IntrospectionCallers>,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +95,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Prometheus `/metrics` over HTTP; off unless set.
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS on the gRPC port; plaintext unless set.
+    pub tls: Option<TlsSettings>,
     pub database_url: DatabaseUrl,
     pub log: String,
     pub log_format: LogFormat,
@@ -107,6 +125,49 @@ fn duration(
     }
 }
 
+const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
+fn tls_settings(overrides: &Overrides, file: &FileConfig) -> Result<Option<TlsSettings>, String> {
+    let cert = overrides
+        .tls_cert_file
+        .clone()
+        .or(file.tls_cert_file.clone());
+    let key = overrides.tls_key_file.clone().or(file.tls_key_file.clone());
+    let client_ca = overrides
+        .tls_client_ca_file
+        .clone()
+        .or(file.tls_client_ca_file.clone());
+    let (cert_file, key_file) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) if client_ca.is_none() => return Ok(None),
+        (None, None) => {
+            return Err(
+                "tls_client_ca_file needs tls_cert_file and tls_key_file (mTLS is TLS)".to_owned(),
+            );
+        }
+        _ => return Err("tls_cert_file and tls_key_file go together".to_owned()),
+    };
+    let reload_interval = duration(
+        "tls_reload_interval",
+        overrides.tls_reload_interval,
+        &file.tls_reload_interval,
+        DEFAULT_TLS_RELOAD_INTERVAL,
+    )?;
+    if reload_interval.is_zero() {
+        return Err("tls_reload_interval must be longer than zero".to_owned());
+    }
+    Ok(Some(TlsSettings {
+        cert_file,
+        key_file,
+        client_ca_file: client_ca,
+        client_auth: overrides
+            .tls_client_auth
+            .or(file.tls_client_auth)
+            .unwrap_or_default(),
+        reload_interval,
+    }))
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("cannot read config file {}: {err}", path.display()))?;
@@ -115,10 +176,26 @@ fn read_file(path: &Path) -> Result<FileConfig, String> {
 
 impl Config {
     pub fn load(overrides: Overrides) -> Result<Config, String> {
-        let file = match &overrides.config_file {
+        let mut file = match &overrides.config_file {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let tls = tls_settings(&overrides, &file)?;
+        let callers = Callers::new(
+            std::mem::take(&mut file.trusted_callers),
+            overrides
+                .introspection_callers
+                .or(file.introspection_callers)
+                .unwrap_or_default(),
+        )?;
+        if callers.needs_client_certs()
+            && tls.as_ref().is_none_or(|tls| tls.client_ca_file.is_none())
+        {
+            return Err(
+                "a trusted caller identified by client_cert_dns_name needs tls_client_ca_file (mTLS)"
+                    .to_owned(),
+            );
+        }
         let defaults = ServerSettings::default();
         let acquire_timeout = duration(
             "acquire_timeout",
@@ -200,6 +277,7 @@ impl Config {
                 return Err(format!("{key} must be longer than zero"));
             }
         }
+        server.callers = callers;
         server.ext_authz_remove_authorization = overrides
             .ext_authz_remove_authorization
             .or(file.ext_authz_remove_authorization)
@@ -232,6 +310,7 @@ impl Config {
         server.token_format = TokenFormat::new(&prefix).map_err(|err| err.to_string())?;
         Ok(Config {
             metrics_listen: overrides.metrics_listen.or(file.metrics_listen),
+            tls,
             listen: overrides
                 .listen
                 .or(file.listen)

@@ -14,6 +14,7 @@ pub mod scope;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 pub mod verifier;
 

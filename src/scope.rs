@@ -141,6 +141,8 @@ fn index_of(name: &str) -> Option<usize> {
 
 impl ScopeSet {
     pub const EMPTY: ScopeSet = ScopeSet(0);
+    /// Every scope in the catalog.
+    pub const ALL: ScopeSet = ScopeSet((1 << CATALOG.len()) - 1);
 
     /// The set of the given names; aliases resolve to their canonical scope and
     /// duplicates collapse. Every unknown name is reported.

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::cache::CacheSettings;
+use crate::grpc::auth::Callers;
 use crate::grpc::ext_authz::ExtAuthzApi;
 use crate::grpc::introspection::IntrospectionApi;
 use crate::grpc::tokens::TokenApi;
@@ -21,6 +21,7 @@ use crate::proto::introspection_service_server::IntrospectionServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::store::{Store, StoreError};
 use crate::telemetry::CallLogLayer;
+use crate::tls::{self, TlsReloader};
 use crate::token::TokenFormat;
 use crate::verifier::Verifier;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -61,6 +62,8 @@ pub struct ServerSettings {
     /// Envoy ext_authz: drop `authorization` from allowed requests before they
     /// go upstream.
     pub ext_authz_remove_authorization: bool,
+    /// Trusted internal callers, and who may call Introspect and Check.
+    pub callers: Callers,
 }
 
 impl Default for ServerSettings {
@@ -79,6 +82,7 @@ impl Default for ServerSettings {
             migrate: true,
             limits: Limits::default(),
             ext_authz_remove_authorization: false,
+            callers: Callers::default(),
         }
     }
 }
@@ -234,9 +238,11 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Where the server listens: gRPC, and optionally Prometheus metrics over HTTP.
+/// Where the server listens: gRPC (with TLS when `tls` is set), and optionally
+/// Prometheus metrics over HTTP.
 pub struct Listeners {
     pub grpc: TcpListener,
+    pub tls: Option<Arc<TlsReloader>>,
     pub metrics: Option<TcpListener>,
 }
 
@@ -244,6 +250,7 @@ impl From<TcpListener> for Listeners {
     fn from(grpc: TcpListener) -> Listeners {
         Listeners {
             grpc,
+            tls: None,
             metrics: None,
         }
     }
@@ -260,6 +267,7 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let Listeners {
         grpc: listener,
+        tls,
         metrics: metrics_listener,
     } = listeners.into();
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -290,7 +298,12 @@ pub async fn run(
     let local_addr = listener
         .local_addr()
         .map_or_else(|err| err.to_string(), |addr| addr.to_string());
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let tls_watch = tls
+        .clone()
+        .map(|tls| AbortOnDrop(tokio::spawn(tls.watch())));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let (incoming, acceptor) = tls::incoming(listener, tls);
+    let acceptor = AbortOnDrop(acceptor);
 
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let signal_reporter = reporter.clone();
@@ -340,7 +353,7 @@ pub async fn run(
             store.clone(),
         )))
     });
-    tracing::info!(addr = %local_addr, backend = store.backend_name(), "listening");
+    tracing::info!(addr = %local_addr, scheme, backend = store.backend_name(), "listening");
 
     let limits = &settings.limits;
     let serve = tonic::transport::Server::builder()
@@ -360,16 +373,20 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            TokenServiceServer::new(TokenApi::new(verifier.clone()))
+            TokenServiceServer::new(TokenApi::new(verifier.clone(), settings.callers.clone()))
                 .max_decoding_message_size(limits.max_message_bytes),
         )
         .add_service(
-            IntrospectionServiceServer::new(IntrospectionApi::new(verifier.clone()))
-                .max_decoding_message_size(limits.max_message_bytes),
+            IntrospectionServiceServer::new(IntrospectionApi::new(
+                verifier.clone(),
+                settings.callers.clone(),
+            ))
+            .max_decoding_message_size(limits.max_message_bytes),
         )
         .add_service(
             AuthorizationServer::new(ExtAuthzApi::new(
                 verifier.clone(),
+                settings.callers.clone(),
                 settings.ext_authz_remove_authorization,
             ))
             .max_decoding_message_size(limits.max_message_bytes),
@@ -393,6 +410,7 @@ pub async fn run(
     // Stop the background tasks, but not in the middle of a last_used flush.
     let paused = verifier.pause_flushes().await;
     drop((follower, notifications, writer, watch, metrics_server));
+    drop((acceptor, tls_watch));
     drop(paused);
     match verifier.flush_last_used().await {
         Ok(written) => tracing::info!(written, "last_used_at flushed"),

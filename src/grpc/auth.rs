@@ -1,26 +1,254 @@
-//! Who is calling (bearer token -> caller), and the one place where internal
-//! errors become `tonic::Status`.
+//! Who is calling: a user's bearer token, or a trusted internal caller (by service
+//! credential or verified client certificate) acting for a subject it names. Also
+//! the one place where internal errors become `tonic::Status`.
 
-use tonic::Status;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
 use tonic::metadata::MetadataMap;
+use tonic::{Request, Status};
 
 use crate::model::{InvalidArgument, Owner};
 use crate::scope::{MANAGE_TOKENS, ScopeSet};
 use crate::store::StoreError;
+use crate::tls::PeerInfo;
+use crate::token::TokenFormat;
 use crate::verifier::{Inactive, Lane, Verifier};
 
-/// An authenticated caller of the management API.
-#[derive(Debug)]
-pub struct Caller {
-    pub token_id: String,
-    pub owner: Owner,
-    pub scopes: ScopeSet,
+/// Metadata a trusted caller uses to name the owner it acts for.
+pub const ACT_AS_SUBJECT: &str = "x-patd-act-as-subject";
+pub const ACT_AS_ACCOUNT: &str = "x-patd-act-as-account";
+/// Service credentials look like tokens with this prefix; only their hash is
+/// configured.
+pub const SERVICE_CREDENTIAL_PREFIX: &str = "patdsvc_";
+const SERVICE_CREDENTIAL_CONTEXT: &str = "patd 2026-11-27 service credential v1";
+
+/// One `[[trusted_callers]]` entry of the configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedCallerConfig {
+    pub name: String,
+    /// `patd admin service-credential` prints a credential and this hash.
+    pub credential_hash: Option<String>,
+    /// A DNS subject alternative name the caller's client certificate carries.
+    pub client_cert_dns_name: Option<String>,
 }
 
-/// Authenticates the `authorization: Bearer <token>` metadata and requires the
-/// token-management scope. Messages say what is wrong but never echo the token.
-pub async fn authenticate(verifier: &Verifier, metadata: &MetadataMap) -> Result<Caller, Status> {
+/// Who may call `Introspect` and `Check` (RFC 7662 §4 asks for authenticated
+/// callers, to stop token scanning).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IntrospectionCallers {
+    #[default]
+    Any,
+    /// Only trusted callers (service credential or client certificate).
+    Trusted,
+}
+
+struct TrustedCaller {
+    name: String,
+    credential_hash: Option<blake3::Hash>,
+    client_cert_dns_name: Option<String>,
+}
+
+/// The configured trusted callers and the introspection policy.
+#[derive(Clone, Default)]
+pub struct Callers {
+    trusted: Arc<Vec<TrustedCaller>>,
+    introspection: IntrospectionCallers,
+}
+
+impl fmt::Debug for Callers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self
+            .trusted
+            .iter()
+            .map(|caller| caller.name.as_str())
+            .collect();
+        f.debug_struct("Callers")
+            .field("trusted", &names)
+            .field("introspection", &self.introspection)
+            .finish()
+    }
+}
+
+/// The hash a service credential is configured by.
+pub fn service_credential_hash(credential: &str) -> blake3::Hash {
+    blake3::Hash::from(blake3::derive_key(
+        SERVICE_CREDENTIAL_CONTEXT,
+        credential.as_bytes(),
+    ))
+}
+
+/// A fresh service credential from the OS CSPRNG.
+pub fn generate_service_credential() -> String {
+    TokenFormat::new(SERVICE_CREDENTIAL_PREFIX)
+        .expect("the service credential prefix is valid")
+        .generate()
+        .expose()
+        .to_owned()
+}
+
+impl Callers {
+    pub fn new(
+        configs: Vec<TrustedCallerConfig>,
+        introspection: IntrospectionCallers,
+    ) -> Result<Callers, String> {
+        let mut trusted: Vec<TrustedCaller> = Vec::with_capacity(configs.len());
+        for config in configs {
+            let name = config.name.trim().to_owned();
+            if name.is_empty() || trusted.iter().any(|caller| caller.name == name) {
+                return Err(format!(
+                    "trusted_callers: names must be unique and non-empty ({name:?})"
+                ));
+            }
+            let credential_hash = config
+                .credential_hash
+                .map(|hex| {
+                    blake3::Hash::from_hex(hex.trim()).map_err(|_| {
+                        format!("trusted caller {name}: credential_hash must be 64 hex digits (from `patd admin service-credential`)")
+                    })
+                })
+                .transpose()?;
+            if let Some(dns_name) = &config.client_cert_dns_name
+                && rustls_pki_types::DnsName::try_from(dns_name.as_str()).is_err()
+            {
+                return Err(format!(
+                    "trusted caller {name}: client_cert_dns_name {dns_name:?} is not a DNS name"
+                ));
+            }
+            if credential_hash.is_none() && config.client_cert_dns_name.is_none() {
+                return Err(format!(
+                    "trusted caller {name}: set credential_hash, client_cert_dns_name, or both"
+                ));
+            }
+            trusted.push(TrustedCaller {
+                name,
+                credential_hash,
+                client_cert_dns_name: config.client_cert_dns_name,
+            });
+        }
+        if introspection == IntrospectionCallers::Trusted && trusted.is_empty() {
+            return Err(
+                "introspection_callers = \"trusted\" needs at least one trusted caller".to_owned(),
+            );
+        }
+        Ok(Callers {
+            trusted: Arc::new(trusted),
+            introspection,
+        })
+    }
+
+    pub fn needs_client_certs(&self) -> bool {
+        self.trusted
+            .iter()
+            .any(|caller| caller.client_cert_dns_name.is_some())
+    }
+
+    /// The trusted caller behind `request`, if any: by its verified client
+    /// certificate, or by a service credential in `authorization`.
+    pub fn identify<T>(&self, request: &Request<T>) -> Option<&str> {
+        if let Some(peer) = request.extensions().get::<PeerInfo>()
+            && let Some(caller) = self.trusted.iter().find(|caller| {
+                caller
+                    .client_cert_dns_name
+                    .as_deref()
+                    .is_some_and(|name| peer.client_cert_names(name))
+            })
+        {
+            return Some(&caller.name);
+        }
+        let presented = bearer_token(request.metadata()).ok()?;
+        if !presented.starts_with(SERVICE_CREDENTIAL_PREFIX) {
+            return None;
+        }
+        let hash = service_credential_hash(presented);
+        // Compare with every configured hash (constant time each), not stopping
+        // at the first match.
+        let mut found = None;
+        for caller in self.trusted.iter() {
+            if caller.credential_hash.is_some_and(|stored| stored == hash) {
+                found = Some(caller.name.as_str());
+            }
+        }
+        found
+    }
+
+    /// Refuses `Introspect`/`Check` callers the policy does not admit.
+    pub fn admit_introspection<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match self.introspection {
+            IntrospectionCallers::Any => Ok(()),
+            IntrospectionCallers::Trusted => match self.identify(request) {
+                Some(_) => Ok(()),
+                None => Err(Status::unauthenticated(
+                    "this server answers only trusted callers: present a service credential \
+                     (`authorization: Bearer patdsvc_…`) or a trusted client certificate",
+                )),
+            },
+        }
+    }
+}
+
+/// Whom a management call acts for, and with what authority.
+#[derive(Debug)]
+pub struct Caller {
+    pub owner: Owner,
+    /// The scopes the caller may grant: a user's token's own, or all for a
+    /// trusted caller.
+    pub scopes: ScopeSet,
+    /// Who is calling, for logs (a token id, or `trusted:<name>`).
+    pub principal: String,
+}
+
+fn act_as(metadata: &MetadataMap) -> Result<Option<Owner>, Status> {
+    let read = |key: &str| -> Result<Option<&str>, Status> {
+        metadata
+            .get(key)
+            .map(|value| {
+                value
+                    .to_str()
+                    .map_err(|_| Status::invalid_argument(format!("{key} is not printable ASCII")))
+            })
+            .transpose()
+    };
+    match (read(ACT_AS_SUBJECT)?, read(ACT_AS_ACCOUNT)?) {
+        (None, None) => Ok(None),
+        (Some(subject), Some(account)) => Ok(Some(Owner::new(subject, account)?)),
+        _ => Err(Status::invalid_argument(format!(
+            "send both {ACT_AS_SUBJECT} and {ACT_AS_ACCOUNT}, or neither"
+        ))),
+    }
+}
+
+/// Authenticates a management call: a trusted caller acting for the owner named
+/// in `x-patd-act-as-*`, or the `authorization: Bearer <token>` of a token with
+/// the token-management scope. Messages say what is wrong but never echo a secret.
+pub async fn authenticate<T>(
+    verifier: &Verifier,
+    callers: &Callers,
+    request: &Request<T>,
+) -> Result<Caller, Status> {
+    let metadata = request.metadata();
+    let acting_for = act_as(metadata)?;
+    if let Some(name) = callers.identify(request) {
+        let owner = acting_for.ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "trusted caller {name}: name the owner you act for in {ACT_AS_SUBJECT} and {ACT_AS_ACCOUNT}"
+            ))
+        })?;
+        return Ok(Caller {
+            owner,
+            scopes: ScopeSet::ALL,
+            principal: format!("trusted:{name}"),
+        });
+    }
     let presented = bearer_token(metadata)?;
+    if presented.starts_with(SERVICE_CREDENTIAL_PREFIX) {
+        return Err(Status::unauthenticated(
+            "service credential is not recognised",
+        ));
+    }
     let token = match verifier.verify(presented, Lane::Management).await? {
         Ok(token) => token,
         Err(inactive) => {
@@ -33,15 +261,20 @@ pub async fn authenticate(verifier: &Verifier, metadata: &MetadataMap) -> Result
             }));
         }
     };
+    if acting_for.is_some() {
+        return Err(Status::permission_denied(format!(
+            "only trusted internal callers may act for another owner ({ACT_AS_SUBJECT})"
+        )));
+    }
     if !token.scopes.contains(MANAGE_TOKENS) {
         return Err(Status::permission_denied(format!(
             "the caller's token lacks the {MANAGE_TOKENS} scope"
         )));
     }
     Ok(Caller {
-        token_id: token.id().to_owned(),
         owner: token.owner(),
         scopes: token.scopes,
+        principal: token.id().to_owned(),
     })
 }
 

@@ -11,6 +11,7 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::google::rpc;
 use tonic::{Code, Request, Response, Status};
 
+use crate::grpc::auth::Callers;
 use crate::metrics::{Check, IntrospectOutcome};
 use crate::scope::ScopeSet;
 use crate::verifier::{Inactive, Lane, Verifier};
@@ -25,15 +26,17 @@ const REALM: &str = "Bearer realm=\"patd\"";
 
 pub struct ExtAuthzApi {
     verifier: Verifier,
+    callers: Callers,
     /// Drop `authorization` before the request goes upstream, so that the
     /// secret reaches only patd.
     remove_authorization: bool,
 }
 
 impl ExtAuthzApi {
-    pub fn new(verifier: Verifier, remove_authorization: bool) -> ExtAuthzApi {
+    pub fn new(verifier: Verifier, callers: Callers, remove_authorization: bool) -> ExtAuthzApi {
         ExtAuthzApi {
             verifier,
+            callers,
             remove_authorization,
         }
     }
@@ -262,6 +265,9 @@ impl Authorization for ExtAuthzApi {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        // The caller here is Envoy itself (its `initial_metadata` or client
+        // certificate), not the HTTP client whose request is being checked.
+        self.callers.admit_introspection(&request)?;
         let check = request.into_inner();
         let (response, outcome) = self.decide(&check).await;
         self.verifier.metrics().record_check(outcome);

@@ -4,6 +4,7 @@
 use tonic::{Request, Response, Status};
 
 use crate::clock;
+use crate::grpc::auth::Callers;
 use crate::metrics::IntrospectOutcome;
 use crate::proto;
 use crate::proto::introspection_service_server::IntrospectionService;
@@ -14,11 +15,12 @@ pub const TOKEN_TYPE: &str = "Bearer";
 
 pub struct IntrospectionApi {
     verifier: Verifier,
+    callers: Callers,
 }
 
 impl IntrospectionApi {
-    pub fn new(verifier: Verifier) -> IntrospectionApi {
-        IntrospectionApi { verifier }
+    pub fn new(verifier: Verifier, callers: Callers) -> IntrospectionApi {
+        IntrospectionApi { verifier, callers }
     }
 }
 
@@ -29,6 +31,7 @@ impl IntrospectionService for IntrospectionApi {
         &self,
         request: Request<proto::IntrospectRequest>,
     ) -> Result<Response<proto::IntrospectResponse>, Status> {
+        self.callers.admit_introspection(&request)?;
         let request = request.into_inner();
         // A misspelt required scope is the calling service's bug: say so loudly
         // rather than deny every token in silence.

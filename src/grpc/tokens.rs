@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use crate::clock;
-use crate::grpc::auth::{Caller, authenticate};
+use crate::grpc::auth::{Caller, Callers, authenticate};
 use crate::grpc::token_message;
 use crate::model::{TokenSpec, parse_scopes};
 use crate::proto;
@@ -18,15 +18,16 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 
 pub struct TokenApi {
     verifier: Verifier,
+    callers: Callers,
 }
 
 impl TokenApi {
-    pub fn new(verifier: Verifier) -> TokenApi {
-        TokenApi { verifier }
+    pub fn new(verifier: Verifier, callers: Callers) -> TokenApi {
+        TokenApi { verifier, callers }
     }
 
     async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        authenticate(&self.verifier, request.metadata()).await
+        authenticate(&self.verifier, &self.callers, request).await
     }
 }
 
@@ -94,7 +95,7 @@ impl TokenService for TokenApi {
         };
         let (new, secret) = spec.issue(self.verifier.format(), caller.owner, now)?;
         self.verifier.store().insert(&new).await?;
-        tracing::info!(token_id = %new.record.id, created_by = %caller.token_id, "token created");
+        tracing::info!(token_id = %new.record.id, created_by = %caller.principal, "token created");
         Ok(Response::new(proto::CreateTokenResponse {
             token: Some(token_message(new.record, now)),
             secret: secret.expose().to_owned(),
@@ -158,7 +159,7 @@ impl TokenService for TokenApi {
             .revoke(caller.owner, id.to_owned(), now)
             .await?;
         let record = revoked.ok_or_else(|| not_found(id))?;
-        tracing::info!(token_id = %id, revoked_by = %caller.token_id, "token revoked");
+        tracing::info!(token_id = %id, revoked_by = %caller.principal, "token revoked");
         Ok(Response::new(token_message(record, now)))
     }
 
@@ -172,7 +173,7 @@ impl TokenService for TokenApi {
         if !self.verifier.delete(caller.owner, id.to_owned()).await? {
             return Err(not_found(id));
         }
-        tracing::info!(token_id = %id, deleted_by = %caller.token_id, "token deleted");
+        tracing::info!(token_id = %id, deleted_by = %caller.principal, "token deleted");
         Ok(Response::new(proto::DeleteTokenResponse {}))
     }
 

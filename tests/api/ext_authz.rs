@@ -37,7 +37,7 @@ fn peer(address: &str, port: u32) -> Peer {
 
 /// A CheckRequest for `GET /api/licenses` with `authorization` (if any) and the
 /// route's `required_scopes` (if any), headers in Envoy's `headers` map.
-fn check_request(authorization: Option<&str>, required_scopes: Option<&str>) -> CheckRequest {
+pub fn check_request(authorization: Option<&str>, required_scopes: Option<&str>) -> CheckRequest {
     let mut headers: HashMap<String, String> = [
         (":authority", "api.example.com"),
         (":method", "GET"),

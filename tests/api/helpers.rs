@@ -14,6 +14,7 @@ use patd::proto::{IntrospectRequest, IntrospectResponse};
 use patd::server::{self, ServerSettings};
 use patd::store::{Connect, DatabaseUrl, Store, StoreOptions};
 use patd::telemetry::{self, LogFormat};
+use patd::tls::TlsReloader;
 use patd::token::TokenFormat;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -178,7 +179,7 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let database_url = Self::fresh_database(backend, &dir).await?;
         let store = Self::connect_store(&database_url).await;
-        Some(Self::spawn_on(backend, store, database_url, settings, dir).await)
+        Some(Self::spawn_on(backend, store, database_url, settings, dir, None).await)
     }
 
     /// A Postgres server whose storage connections pass through `proxy`, with a
@@ -206,7 +207,7 @@ impl TestApp {
         let store = Store::open(&Self::store_options(&proxied), Connect::Lazily)
             .await
             .unwrap();
-        let app = Self::spawn_on(Backend::Postgres, store, direct, settings, dir).await;
+        let app = Self::spawn_on(Backend::Postgres, store, direct, settings, dir, None).await;
         Some((app, proxy))
     }
 
@@ -218,7 +219,24 @@ impl TestApp {
         settings: ServerSettings,
     ) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
-        Self::spawn_on(backend, store, database_url, settings, dir).await
+        Self::spawn_on(backend, store, database_url, settings, dir, None).await
+    }
+
+    /// An app on SQLite serving TLS from `tls`.
+    pub async fn spawn_with_tls(settings: ServerSettings, tls: Arc<TlsReloader>) -> TestApp {
+        capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let database_url = Self::fresh_database(Backend::Sqlite, &dir).await.unwrap();
+        let store = Self::connect_store(&database_url).await;
+        Self::spawn_on(
+            Backend::Sqlite,
+            store,
+            database_url,
+            settings,
+            dir,
+            Some(tls),
+        )
+        .await
     }
 
     async fn spawn_on(
@@ -227,6 +245,7 @@ impl TestApp {
         database_url: DatabaseUrl,
         settings: ServerSettings,
         dir: tempfile::TempDir,
+        tls: Option<Arc<TlsReloader>>,
     ) -> TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -234,6 +253,7 @@ impl TestApp {
         let metrics_addr = metrics.local_addr().unwrap();
         let listeners = server::Listeners {
             grpc: listener,
+            tls,
             metrics: Some(metrics),
         };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();

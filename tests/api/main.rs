@@ -15,4 +15,5 @@ mod logs;
 mod metrics;
 mod server;
 mod storm;
+mod tls;
 mod tokens;

@@ -1,0 +1,333 @@
+//! TLS on the gRPC port (rustls), with certificates reloaded from their files
+//! without a restart, and optional client-certificate verification (mTLS).
+//! Every connection, TLS or not, reaches the services as a [`Connection`] whose
+//! [`PeerInfo`] says who is on the other end.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// A TLS handshake that has not finished by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections accepted but not yet handed to the server (handshakes included).
+const ACCEPT_QUEUE: usize = 1024;
+
+/// Whether clients must present a certificate signed by `client_ca_file`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Verified if presented; callers without one authenticate otherwise.
+    #[default]
+    Optional,
+    /// Every connection must present a valid client certificate.
+    Required,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA bundle that client certificates must chain to; `None`: no mTLS.
+    pub client_ca_file: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    /// How often the files are checked for changes.
+    pub reload_interval: Duration,
+}
+
+/// The files' bytes, to notice when any of them changes (Kubernetes swaps a
+/// Secret's files through a symlink, so modification times are not reliable).
+fn read_files(settings: &TlsSettings) -> Result<Vec<Vec<u8>>, String> {
+    let mut paths: Vec<&Path> = vec![&settings.cert_file, &settings.key_file];
+    paths.extend(settings.client_ca_file.as_deref());
+    paths
+        .into_iter()
+        .map(|path| {
+            std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))
+        })
+        .collect()
+}
+
+fn server_config(settings: &TlsSettings, files: &[Vec<u8>]) -> Result<ServerConfig, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&files[0])
+        .collect::<Result<_, _>>()
+        .map_err(|err| format!("{}: {err}", settings.cert_file.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{}: no certificate in it",
+            settings.cert_file.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&files[1]).map_err(|err| {
+        format!(
+            "{}: no private key in it ({err})",
+            settings.key_file.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|err| err.to_string())?;
+    let builder = match &settings.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&files[2]) {
+                let cert = cert.map_err(|err| format!("{}: {err}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|err| format!("{}: {err}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("{}: no CA certificate in it", path.display()));
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = match settings.client_auth {
+                ClientAuth::Optional => verifier.allow_unauthenticated(),
+                ClientAuth::Required => verifier,
+            };
+            builder.with_client_cert_verifier(verifier.build().map_err(|err| err.to_string())?)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|err| {
+        format!(
+            "{} and {}: {err}",
+            settings.cert_file.display(),
+            settings.key_file.display()
+        )
+    })?;
+    // gRPC is HTTP/2 only.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The server's TLS configuration, replaced whenever its files change.
+pub struct TlsReloader {
+    settings: TlsSettings,
+    current: RwLock<(Vec<Vec<u8>>, Arc<ServerConfig>)>,
+}
+
+impl TlsReloader {
+    /// Loads the files now: a bad certificate or key is an error at start.
+    pub fn load(settings: TlsSettings) -> Result<Arc<TlsReloader>, String> {
+        let files = read_files(&settings)?;
+        let config = server_config(&settings, &files)?;
+        Ok(Arc::new(TlsReloader {
+            settings,
+            current: RwLock::new((files, Arc::new(config))),
+        }))
+    }
+
+    fn config(&self) -> Arc<ServerConfig> {
+        self.current.read().expect("lock poisoned").1.clone()
+    }
+
+    /// Re-reads the files; installs a new configuration if they changed and are
+    /// valid, keeps the old one (and says why) if not. True if reloaded.
+    pub fn reload(&self) -> bool {
+        let files = match read_files(&self.settings) {
+            Ok(files) => files,
+            Err(err) => {
+                tracing::error!(error = %err, "TLS files unreadable; keeping the loaded certificate");
+                return false;
+            }
+        };
+        if self.current.read().expect("lock poisoned").0 == files {
+            return false;
+        }
+        match server_config(&self.settings, &files) {
+            Ok(config) => {
+                *self.current.write().expect("lock poisoned") = (files, Arc::new(config));
+                tracing::info!("TLS certificate reloaded");
+                true
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "new TLS files are invalid; keeping the loaded certificate");
+                false
+            }
+        }
+    }
+
+    /// Checks the files every `reload_interval`, for as long as it runs.
+    pub async fn watch(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(self.settings.reload_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let reloader = self.clone();
+            // File reads and key parsing are blocking work.
+            let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+        }
+    }
+}
+
+/// Who is on the other end of a connection: in every request's extensions.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub remote_addr: Option<SocketAddr>,
+    /// The client's certificate chain, verified against the client CA bundle.
+    pub client_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+impl PeerInfo {
+    /// Whether the verified client certificate is valid for `dns_name` (a DNS
+    /// subject alternative name).
+    pub fn client_cert_names(&self, dns_name: &str) -> bool {
+        let Some(leaf) = self.client_certs.as_ref().and_then(|chain| chain.first()) else {
+            return false;
+        };
+        let Ok(name) = ServerName::try_from(dns_name) else {
+            return false;
+        };
+        webpki::EndEntityCert::try_from(leaf)
+            .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+    }
+}
+
+/// A plaintext or TLS connection.
+pub enum Connection {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        match self {
+            Connection::Plain(stream) => PeerInfo {
+                remote_addr: stream.peer_addr().ok(),
+                client_certs: None,
+            },
+            Connection::Tls(stream) => {
+                let (tcp, session) = stream.get_ref();
+                PeerInfo {
+                    remote_addr: tcp.peer_addr().ok(),
+                    client_certs: session.peer_certificates().map(|chain| {
+                        Arc::new(chain.iter().map(|c| c.clone().into_owned()).collect())
+                    }),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Connection::Tls(stream) => Pin::new(stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Connection::Tls(stream) => Pin::new(stream).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Connection::Tls(stream) => Pin::new(stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Connection::Tls(stream) => Pin::new(stream).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Connection::Tls(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Connection::Plain(stream) => stream.is_write_vectored(),
+            Connection::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+}
+
+/// Accepts on `listener` (with TLS when `tls` is set) and yields connections
+/// ready for HTTP/2. A failed handshake drops that connection only.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Option<Arc<TlsReloader>>,
+) -> (
+    ReceiverStream<io::Result<Connection>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    let acceptor = tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors, say: back off rather than spin.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            match &tls {
+                None => {
+                    if tx.send(Ok(Connection::Plain(stream))).await.is_err() {
+                        return;
+                    }
+                }
+                Some(tls) => {
+                    let acceptor = TlsAcceptor::from(tls.config());
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(stream)) => {
+                                let _ = tx.send(Ok(Connection::Tls(Box::new(stream)))).await;
+                            }
+                            Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
+                    });
+                }
+            }
+        }
+    });
+    (ReceiverStream::new(rx), acceptor)
+}
