@@ -108,6 +108,10 @@ struct ServeArgs {
     /// Who may call Introspect and Check: any, or only trusted callers [default: any]
     #[arg(long, env = "PATD_INTROSPECTION_CALLERS", value_enum)]
     introspection_callers: Option<IntrospectionCallers>,
+    /// Also serve grpc.health.v1 alone, in plaintext, here (for Kubernetes probes
+    /// when the main port has TLS), e.g. 0.0.0.0:50052 [default: off]
+    #[arg(long, env = "PATD_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 0.0.0.0:9090 [default: off]
     #[arg(long, env = "PATD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -208,6 +212,7 @@ impl Cli {
             config_file: global.config.clone(),
             listen: serve.and_then(|args| args.listen),
             metrics_listen: serve.and_then(|args| args.metrics_listen),
+            health_listen: serve.and_then(|args| args.health_listen),
             ext_authz_remove_authorization: serve
                 .and_then(|args| args.ext_authz_remove_authorization),
             tls_cert_file: serve.and_then(|args| args.tls_cert_file.clone()),
@@ -310,19 +315,14 @@ async fn serve(config: &Config, migrate: bool) -> CliResult {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|err| format!("cannot listen on {}: {err}", config.listen))?;
-    let metrics = match config.metrics_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|err| format!("cannot listen for metrics on {addr}: {err}"))?,
-        ),
-        None => None,
-    };
+    let metrics = bind_optional(config.metrics_listen, "metrics").await?;
+    let health = bind_optional(config.health_listen, "health").await?;
     let tls = config.tls.clone().map(TlsReloader::load).transpose()?;
     let listeners = server::Listeners {
         grpc: listener,
         tls,
         metrics,
+        health,
     };
     let stop = async {
         let _ = stop_rx.await;
@@ -335,6 +335,19 @@ async fn serve(config: &Config, migrate: bool) -> CliResult {
         tracing::warn!("storage connections did not close in time; exiting anyway");
     }
     Ok(())
+}
+
+async fn bind_optional(
+    addr: Option<SocketAddr>,
+    what: &str,
+) -> Result<Option<TcpListener>, String> {
+    match addr {
+        Some(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|err| format!("cannot listen for {what} on {addr}: {err}")),
+        None => Ok(None),
+    }
 }
 
 /// SIGXFSZ on Linux (x86_64 and aarch64 alike): sent when a write passes the

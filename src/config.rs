@@ -31,6 +31,7 @@ const DEFAULT_STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
 struct FileConfig {
     listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
+    health_listen: Option<SocketAddr>,
     database_url: Option<String>,
     token_prefix: Option<String>,
     log: Option<String>,
@@ -65,6 +66,7 @@ pub struct Overrides {
     pub config_file: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
+    pub health_listen: Option<SocketAddr>,
     pub database_url: Option<String>,
     pub token_prefix: Option<String>,
     pub log: Option<String>,
@@ -95,6 +97,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Prometheus `/metrics` over HTTP; off unless set.
     pub metrics_listen: Option<SocketAddr>,
+    /// Plaintext `grpc.health.v1` only, for probes when the main port has TLS.
+    pub health_listen: Option<SocketAddr>,
     /// TLS on the gRPC port; plaintext unless set.
     pub tls: Option<TlsSettings>,
     pub database_url: DatabaseUrl,
@@ -310,6 +314,7 @@ impl Config {
         server.token_format = TokenFormat::new(&prefix).map_err(|err| err.to_string())?;
         Ok(Config {
             metrics_listen: overrides.metrics_listen.or(file.metrics_listen),
+            health_listen: overrides.health_listen.or(file.health_listen),
             tls,
             listen: overrides
                 .listen

@@ -239,11 +239,13 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Where the server listens: gRPC (with TLS when `tls` is set), and optionally
-/// Prometheus metrics over HTTP.
+/// Prometheus metrics over HTTP and a plaintext gRPC port serving only
+/// `grpc.health.v1` (Kubernetes' gRPC probes cannot speak TLS).
 pub struct Listeners {
     pub grpc: TcpListener,
     pub tls: Option<Arc<TlsReloader>>,
     pub metrics: Option<TcpListener>,
+    pub health: Option<TcpListener>,
 }
 
 impl From<TcpListener> for Listeners {
@@ -252,6 +254,7 @@ impl From<TcpListener> for Listeners {
             grpc,
             tls: None,
             metrics: None,
+            health: None,
         }
     }
 }
@@ -269,6 +272,7 @@ pub async fn run(
         grpc: listener,
         tls,
         metrics: metrics_listener,
+        health: health_listener,
     } = listeners.into();
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // The reporter starts with "" SERVING; nothing is until storage answers.
@@ -353,6 +357,20 @@ pub async fn run(
             store.clone(),
         )))
     });
+    let health_server = health_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "health (plaintext) listening");
+        }
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let health = tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming(incoming);
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(err) = health.await {
+                tracing::error!(error = %err, "health listener failed");
+            }
+        }))
+    });
     tracing::info!(addr = %local_addr, scheme, backend = store.backend_name(), "listening");
 
     let limits = &settings.limits;
@@ -410,7 +428,7 @@ pub async fn run(
     // Stop the background tasks, but not in the middle of a last_used flush.
     let paused = verifier.pause_flushes().await;
     drop((follower, notifications, writer, watch, metrics_server));
-    drop((acceptor, tls_watch));
+    drop((acceptor, tls_watch, health_server));
     drop(paused);
     match verifier.flush_last_used().await {
         Ok(written) => tracing::info!(written, "last_used_at flushed"),

@@ -108,7 +108,7 @@ fn default_values_and_documented_variants_pass_the_schema() {
 #[test]
 fn bad_values_are_rejected_by_the_schema() {
     let values = default_values();
-    let cases: [(&str, Option<Value>, &str); 20] = [
+    let cases: Vec<(&str, Option<Value>, &str)> = vec![
         ("replicaCount", Some(json!(-1)), "negative replicas"),
         ("replicas", Some(json!(3)), "unknown key (typo)"),
         ("config.databaseUrl", Some(json!("x")), "unknown config key"),
@@ -177,6 +177,33 @@ fn bad_values_are_rejected_by_the_schema() {
             "not an interval",
         ),
         ("probes", None, "no probes"),
+        ("tls.enabled", Some(json!(true)), "TLS without a Secret"),
+        (
+            "tls.clientAuth",
+            Some(json!("sometimes")),
+            "client auth mode",
+        ),
+        ("tls.healthPort", Some(json!(0)), "health port out of range"),
+        (
+            "introspectionCallers",
+            Some(json!("everyone")),
+            "introspection policy",
+        ),
+        (
+            "trustedCallers",
+            Some(json!([{ "name": "portal" }])),
+            "caller without a credential or certificate",
+        ),
+        (
+            "trustedCallers",
+            Some(json!([{ "name": "portal", "credentialHash": "abc" }])),
+            "hash not 64 hex digits",
+        ),
+        (
+            "trustedCallers",
+            Some(json!([{ "credentialHash": "0".repeat(64) }])),
+            "caller without a name",
+        ),
     ];
     for (path, bad, why) in cases {
         let mut candidate = with(&values, path, bad);
@@ -272,43 +299,86 @@ fn template_actions_are_balanced() {
 }
 
 /// Renders the `patd.toml` the ConfigMap carries for `values`: the template is
-/// plain lines with `{{ .Values.x }}`, `| quote` and `if` blocks, so a line-wise
-/// renderer is exact for it (and refuses anything else).
+/// lines with `{{ .Values.x }}` / `{{ .x }}` (inside `range`), `| quote`, and
+/// `if` / `range` blocks, so a line-wise renderer is exact for it (and refuses
+/// anything else).
 fn render_config(values: &Value) -> String {
     let configmap = template("configmap.yaml");
     let body = configmap
         .split("patd.toml: |\n")
         .nth(1)
         .expect("the ConfigMap carries patd.toml");
-    let mut shown = vec![true];
+    let lines: Vec<&str> = body.lines().map(str::trim).collect();
     let mut out = String::new();
-    for line in body.lines() {
-        let line = line.trim();
-        if let Some(condition) = line
-            .strip_prefix("{{- if .Values.")
-            .and_then(|rest| rest.strip_suffix(" }}"))
-        {
-            let truthy = lookup(values, condition)
-                .is_some_and(|value| !matches!(value, Value::Bool(false) | Value::Null));
-            shown.push(truthy && *shown.last().unwrap());
+    render_lines(&lines, values, values, &mut out);
+    out
+}
+
+/// The value a template path names: `.Values.a.b` from the root, `.a` from `dot`.
+fn resolve<'a>(path: &str, root: &'a Value, dot: &'a Value) -> Option<&'a Value> {
+    match path.strip_prefix(".Values.") {
+        Some(path) => lookup(root, path),
+        None => lookup(dot, path.strip_prefix('.').expect("a path")),
+    }
+}
+
+/// The index just past the `end` that closes the block opened before `lines[0]`.
+fn block_end(lines: &[&str]) -> usize {
+    let mut depth = 1;
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with("{{- if ") || line.starts_with("{{- range ") {
+            depth += 1;
+        } else if *line == "{{- end }}" {
+            depth -= 1;
+            if depth == 0 {
+                return i;
+            }
+        }
+    }
+    panic!("unclosed block");
+}
+
+fn render_lines(lines: &[&str], root: &Value, dot: &Value, out: &mut String) {
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let opened = |keyword: &str| {
+            line.strip_prefix(keyword)
+                .and_then(|rest| rest.strip_suffix(" }}"))
+        };
+        if let Some(condition) = opened("{{- if ") {
+            let end = i + 1 + block_end(&lines[i + 1..]);
+            let truthy = resolve(condition, root, dot).is_some_and(|value| {
+                !matches!(value, Value::Bool(false) | Value::Null)
+                    && value.as_str() != Some("")
+                    && value.as_array().is_none_or(|a| !a.is_empty())
+            });
+            if truthy {
+                render_lines(&lines[i + 1..end], root, dot, out);
+            }
+            i = end + 1;
             continue;
         }
-        if line == "{{- end }}" {
-            shown.pop();
-            continue;
-        }
-        if !*shown.last().unwrap() {
+        if let Some(list) = opened("{{- range ") {
+            let end = i + 1 + block_end(&lines[i + 1..]);
+            let items = resolve(list, root, dot)
+                .and_then(Value::as_array)
+                .expect("a list");
+            for item in items {
+                render_lines(&lines[i + 1..end], root, item, out);
+            }
+            i = end + 1;
             continue;
         }
         let mut rendered = line.to_owned();
-        while let Some(start) = rendered.find("{{ .Values.") {
+        while let Some(start) = rendered.find("{{ .") {
             let end = start + rendered[start..].find("}}").unwrap() + 2;
-            let action = &rendered[start + 3..end - 2].trim();
+            let action = rendered[start + 3..end - 2].trim().to_owned();
             let (path, quoted) = match action.strip_suffix(" | quote") {
                 Some(path) => (path, true),
-                None => (*action, false),
+                None => (action.as_str(), false),
             };
-            let value = lookup(values, &path[".Values.".len()..]).expect("value exists");
+            let value = resolve(path, root, dot).unwrap_or_else(|| panic!("{path} exists"));
             let text = match (value, quoted) {
                 (Value::String(s), true) => serde_json::to_string(s).unwrap(),
                 (Value::String(s), false) => s.clone(),
@@ -319,8 +389,8 @@ fn render_config(values: &Value) -> String {
         assert!(!rendered.contains("{{"), "unrendered action in {line}");
         out.push_str(&rendered);
         out.push('\n');
+        i += 1;
     }
-    out
 }
 
 fn load_rendered(values: &Value) -> Result<Config, String> {
@@ -368,6 +438,46 @@ fn the_rendered_configuration_is_one_patd_accepts() {
     assert_eq!(config.token_format().prefix(), "acme_");
     assert_eq!(config.metrics_listen, None, "metrics are off by default");
 
+    let credential = patd::grpc::auth::generate_service_credential();
+    let hash = patd::grpc::auth::service_credential_hash(&credential)
+        .to_hex()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let secured = with(&values, "tls.enabled", Some(json!(true)));
+    let secured = with(&secured, "tls.secretName", Some(json!("patd-tls")));
+    let secured = with(&secured, "tls.clientAuth", Some(json!("required")));
+    let secured = with(&secured, "introspectionCallers", Some(json!("trusted")));
+    let secured = with(
+        &secured,
+        "trustedCallers",
+        Some(json!([
+            { "name": "portal", "credentialHash": hash },
+            { "name": "mesh", "clientCertDnsName": "envoy.mesh.svc" },
+        ])),
+    );
+    assert_eq!(schema_errors(&secured), None);
+    let rendered = render_config(&secured);
+    let config = load_rendered(&secured).unwrap_or_else(|err| panic!("{err}\n{rendered}"));
+    let tls = config.tls.expect("TLS configured");
+    assert_eq!(tls.cert_file, Path::new("/etc/patd/tls/tls.crt"));
+    assert_eq!(
+        tls.client_ca_file.as_deref(),
+        Some(Path::new("/etc/patd/tls/ca.crt"))
+    );
+    assert_eq!(tls.client_auth, patd::tls::ClientAuth::Required);
+    assert_eq!(
+        u64::from(
+            config
+                .health_listen
+                .expect("a plaintext health port")
+                .port()
+        ),
+        lookup(&values, "tls.healthPort").unwrap().as_u64().unwrap(),
+        "probes reach the health port the chart opens"
+    );
+    assert!(format!("{:?}", config.server.callers).contains("portal"));
+    drop(dir);
+
     let scraped = with(&values, "metrics.enabled", Some(json!(true)));
     let config = load_rendered(&scraped).unwrap_or_else(|err| panic!("{err}"));
     let metrics = config.metrics_listen.expect("metrics_listen is rendered");
@@ -409,8 +519,8 @@ fn deployment_probes_are_native_grpc_on_the_numeric_port() {
         let body = block(&deployment, probe);
         assert!(body.contains("grpc:"), "{probe} is a gRPC probe:\n{body}");
         assert!(
-            body.contains("port: {{ .Values.service.port }}"),
-            "{probe} uses the numeric port:\n{body}"
+            body.contains("port: {{ include \"patd.probePort\" . }}"),
+            "{probe} uses the probe port:\n{body}"
         );
         assert!(
             body.contains(service),
@@ -424,6 +534,16 @@ fn deployment_probes_are_native_grpc_on_the_numeric_port() {
     assert!(
         ports.contains("name: grpc") && ports.contains("containerPort: {{ .Values.service.port }}")
     );
+    // The probe port is a number: the service port, or with TLS the plaintext
+    // health port (probes cannot speak TLS); the schema makes both integers.
+    let helpers = template("_helpers.tpl");
+    assert!(helpers.contains(
+        "{{- if .Values.tls.enabled }}{{ .Values.tls.healthPort }}{{ else }}{{ .Values.service.port }}{{ end }}"
+    ));
+    let values = default_values();
+    for bad in ["service.port", "tls.healthPort"] {
+        assert!(schema_errors(&with(&values, bad, Some(json!("grpc")))).is_some());
+    }
     // The liveness probe's health name is one the server keeps SERVING.
     assert_eq!(patd::server::LIVENESS_SERVICE, "liveness");
 }

@@ -259,6 +259,13 @@ async fn denials_say_401_or_403_with_a_bearer_challenge(app: TestApp) {
         "a misspelt route scope fails closed"
     );
     assert!(body.contains("licence:read"), "{body}");
+    let log = crate::helpers::logs();
+    for token in [&secret, &revoked, &unknown] {
+        assert!(
+            !log.contains(&token[5..45]),
+            "a checked token reached the log"
+        );
+    }
 }
 
 fn removing_authorization() -> patd::server::ServerSettings {

@@ -80,6 +80,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// Prometheus metrics: http://{metrics_addr}/metrics.
     pub metrics_addr: SocketAddr,
+    /// The plaintext health-only port (apps serving TLS).
+    pub health_addr: Option<SocketAddr>,
     pub store: Store,
     pub format: TokenFormat,
     pub database_url: DatabaseUrl,
@@ -251,10 +253,17 @@ impl TestApp {
         let addr = listener.local_addr().unwrap();
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = metrics.local_addr().unwrap();
+        // With TLS, also the plaintext health port Kubernetes probes use.
+        let health = match tls {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            None => None,
+        };
+        let health_addr = health.as_ref().map(|l| l.local_addr().unwrap());
         let listeners = server::Listeners {
             grpc: listener,
             tls,
             metrics: Some(metrics),
+            health,
         };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let format = settings.token_format.clone();
@@ -265,6 +274,7 @@ impl TestApp {
             backend,
             addr,
             metrics_addr,
+            health_addr,
             store,
             format,
             database_url,

@@ -19,7 +19,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request};
 
 use crate::backend_tests;
-use crate::helpers::{TestApp, authed};
+use crate::helpers::{TestApp, authed, health_of};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// A certificate authority for tests.
 struct Ca {
@@ -133,6 +134,25 @@ async fn tls_serves_and_reloads_the_certificate_without_a_restart() {
         .list_scopes(ListScopesRequest {})
         .await;
     assert!(plaintext.is_err(), "no plaintext on a TLS port");
+    // Probes use the plaintext health port, which serves health and nothing else.
+    let health_addr = app.health_addr.unwrap();
+    let health = Channel::from_shared(format!("http://{health_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(health_of(&health, "").await, ServingStatus::Serving);
+    let probe = crate::helpers::patd_health(&health_addr.to_string(), "liveness").await;
+    assert!(probe.status.success());
+    let other = TokenServiceClient::new(health)
+        .list_scopes(ListScopesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        other.code(),
+        Code::Unimplemented,
+        "only health on that port"
+    );
 
     // An invalid new file is refused: the loaded certificate keeps serving.
     std::fs::write(files.path("tls.crt"), "not a certificate").unwrap();
@@ -373,6 +393,13 @@ async fn a_service_credential_acts_for_the_owner_it_names(app: TestApp) {
         assert_eq!(err.code(), Code::Unauthenticated);
         assert_eq!(err.message(), message);
         assert!(!err.message().contains(credential));
+    }
+    let log = crate::helpers::logs();
+    for secret in [portal, forged.as_str(), created.secret.as_str()] {
+        assert!(
+            !log.contains(&secret[8..40]),
+            "a credential reached the log"
+        );
     }
 }
 

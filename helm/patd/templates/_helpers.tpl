@@ -73,6 +73,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
       key: {{ include "patd.databaseSecretKey" . }}
 {{- end }}
 
+{{/* The port kubelet probes: the plaintext health port when the main one has TLS. */}}
+{{- define "patd.probePort" -}}
+{{- if .Values.tls.enabled }}{{ .Values.tls.healthPort }}{{ else }}{{ .Values.service.port }}{{ end }}
+{{- end }}
+
 {{/*
 Pods must outlive their drain: Kubernetes kills at terminationGracePeriodSeconds,
 which has to cover the preStop pause plus patd's shutdown grace.
