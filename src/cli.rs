@@ -6,13 +6,13 @@ use std::error::Error;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use crate::bench::{self, BenchArgs};
-use crate::client::{self, ClientCommand, HealthArgs};
+use crate::client::{self, ClientCommand, HealthArgs, NewTokenArgs};
 use crate::clock;
 use crate::config::{Config, Overrides};
 use crate::grpc::auth::{
@@ -174,17 +174,8 @@ enum AdminTokenCommand {
         subject: String,
         #[arg(long)]
         account: String,
-        #[arg(long)]
-        name: String,
-        /// Comma-separated scopes, e.g. license:read,personalAccessToken:write
-        #[arg(long, value_delimiter = ',', required = true)]
-        scopes: Vec<String>,
-        /// Lifetime, e.g. 30d, 12h, "1w 2d"
-        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "expires_at")]
-        expires_in: Option<Duration>,
-        /// Expiry as RFC 3339, e.g. 2027-01-31T00:00:00Z
-        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
-        expires_at: Option<SystemTime>,
+        #[command(flatten)]
+        token: NewTokenArgs,
     },
     /// List tokens, newest first (every owner's unless filtered)
     List {
@@ -372,33 +363,18 @@ async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
-fn micros_of(time: SystemTime) -> Result<i64, String> {
-    let since_epoch = time
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| "expiry is before 1970".to_owned())?;
-    i64::try_from(since_epoch.as_micros()).map_err(|_| "expiry is too far in the future".to_owned())
-}
-
 async fn admin_command(config: &Config, store: &Store, command: AdminTokenCommand) -> CliResult {
     match command {
         AdminTokenCommand::Create {
             subject,
             account,
-            name,
-            scopes,
-            expires_in,
-            expires_at,
+            token,
         } => {
             let now = clock::now_micros();
-            let expires_at = match (expires_in, expires_at) {
-                (Some(lifetime), _) => Some(micros_of(SystemTime::now() + lifetime)?),
-                (None, Some(at)) => Some(micros_of(at)?),
-                (None, None) => None,
-            };
             let spec = TokenSpec {
-                name: &name,
-                scopes: parse_scopes(&scopes)?,
-                expires_at,
+                name: &token.name,
+                scopes: parse_scopes(&token.scopes)?,
+                expires_at: token.expiry_micros()?,
             };
             let owner = Owner::new(&subject, &account)?;
             let (new, secret) = spec.issue(config.token_format(), owner, now)?;

@@ -135,23 +135,48 @@ pub struct AuthArgs {
     act_as_account: Option<String>,
 }
 
+/// What a new token is, for `create` and the operator's `admin create`.
+#[derive(Debug, Args)]
+pub struct NewTokenArgs {
+    #[arg(long)]
+    pub name: String,
+    /// Comma-separated scopes, e.g. license:read,tag:read
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub scopes: Vec<String>,
+    /// Lifetime, e.g. 30d, 12h, "1w 2d"
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "expires_at")]
+    expires_in: Option<Duration>,
+    /// Expiry as RFC 3339, e.g. 2027-01-31T00:00:00Z
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    expires_at: Option<SystemTime>,
+}
+
+impl NewTokenArgs {
+    /// The expiry in microseconds since the epoch; `None`: never.
+    pub fn expiry_micros(&self) -> Result<Option<i64>, String> {
+        let at = match self.expires_in {
+            Some(lifetime) => Some(SystemTime::now() + lifetime),
+            None => self.expires_at,
+        };
+        at.map(|time| {
+            let since_epoch = time
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_err(|_| "expiry is before 1970".to_owned())?;
+            i64::try_from(since_epoch.as_micros())
+                .map_err(|_| "expiry is too far in the future".to_owned())
+        })
+        .transpose()
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Create a token for yourself; prints the secret once, on stdout
     Create {
         #[command(flatten)]
         auth: AuthArgs,
-        #[arg(long)]
-        name: String,
-        /// Comma-separated scopes, e.g. license:read,tag:read
-        #[arg(long, value_delimiter = ',', required = true)]
-        scopes: Vec<String>,
-        /// Lifetime, e.g. 30d, 12h, "1w 2d"
-        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "expires_at")]
-        expires_in: Option<Duration>,
-        /// Expiry as RFC 3339, e.g. 2027-01-31T00:00:00Z
-        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
-        expires_at: Option<SystemTime>,
+        #[command(flatten)]
+        token: NewTokenArgs,
     },
     /// List all your tokens, newest first (pages through everything)
     List {
@@ -335,17 +360,6 @@ fn print_token(token: &proto::Token, json: bool) {
     }
 }
 
-fn timestamp_of(time: SystemTime) -> Result<prost_types::Timestamp, ClientError> {
-    let since_epoch = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_err(|_| ClientError::new(exit::INVALID, "expiry is before 1970"))?;
-    Ok(prost_types::Timestamp {
-        seconds: i64::try_from(since_epoch.as_secs())
-            .map_err(|_| ClientError::new(exit::INVALID, "expiry is too far in the future"))?,
-        nanos: i32::try_from(since_epoch.subsec_nanos()).unwrap_or(0),
-    })
-}
-
 /// The token to introspect: one line of stdin.
 fn read_presented_token() -> Result<String, ClientError> {
     let stdin = std::io::stdin();
@@ -371,21 +385,14 @@ fn read_presented_token() -> Result<String, ClientError> {
 
 pub async fn run(command: ClientCommand) -> ClientResult {
     match command {
-        ClientCommand::Create {
-            auth,
-            name,
-            scopes,
-            expires_in,
-            expires_at,
-        } => {
-            let expires_at = match (expires_in, expires_at) {
-                (Some(lifetime), _) => Some(timestamp_of(SystemTime::now() + lifetime)?),
-                (None, Some(at)) => Some(timestamp_of(at)?),
-                (None, None) => None,
-            };
+        ClientCommand::Create { auth, token } => {
+            let expires_at = token
+                .expiry_micros()
+                .map_err(|err| ClientError::new(exit::INVALID, err))?
+                .map(clock::to_timestamp);
             let request = proto::CreateTokenRequest {
-                name,
-                scopes,
+                name: token.name,
+                scopes: token.scopes,
                 expires_at,
             };
             let mut client = TokenServiceClient::new(connect(&auth.conn).await?);

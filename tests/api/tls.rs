@@ -226,11 +226,11 @@ async fn bad_tls_files_fail_at_start_with_the_reason() {
     );
 }
 
-fn with_metadata<T>(message: T, pairs: &[(&'static str, &str)]) -> Request<T> {
-    let mut request = Request::new(message);
-    for (key, value) in pairs {
-        request.metadata_mut().insert(*key, value.parse().unwrap());
-    }
+/// `request` from a trusted caller acting for `subject` in account acme.
+fn acting_for<T>(mut request: Request<T>, subject: &str) -> Request<T> {
+    let metadata = request.metadata_mut();
+    metadata.insert("x-patd-act-as-subject", subject.parse().unwrap());
+    metadata.insert("x-patd-act-as-account", "acme".parse().unwrap());
     request
 }
 
@@ -262,18 +262,13 @@ async fn a_trusted_client_certificate_acts_for_any_owner_and_others_do_not() {
         ..TestApp::settings()
     };
     let app = TestApp::spawn_with_tls(settings, tls).await;
-    let act_as_bob = [
-        ("x-patd-act-as-subject", "bob"),
-        ("x-patd-act-as-account", "acme"),
-    ];
-
     let portal = tls_channel(&app, &server_ca, Some(client_ca.issue("portal.internal")))
         .await
         .unwrap();
     let created = TokenServiceClient::new(portal.clone())
-        .create_token(with_metadata(
-            create("from portal", &["license:write", "tag:read"]),
-            &act_as_bob,
+        .create_token(acting_for(
+            Request::new(create("from portal", &["license:write", "tag:read"])),
+            "bob",
         ))
         .await
         .unwrap()
@@ -290,7 +285,10 @@ async fn a_trusted_client_certificate_acts_for_any_owner_and_others_do_not() {
     );
 
     let listed = TokenServiceClient::new(portal.clone())
-        .list_tokens(with_metadata(ListTokensRequest::default(), &act_as_bob))
+        .list_tokens(acting_for(
+            Request::new(ListTokensRequest::default()),
+            "bob",
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -312,7 +310,10 @@ async fn a_trusted_client_certificate_acts_for_any_owner_and_others_do_not() {
         .await
         .unwrap();
     let refused = TokenServiceClient::new(billing)
-        .list_tokens(with_metadata(ListTokensRequest::default(), &act_as_bob))
+        .list_tokens(acting_for(
+            Request::new(ListTokensRequest::default()),
+            "bob",
+        ))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
@@ -320,10 +321,7 @@ async fn a_trusted_client_certificate_acts_for_any_owner_and_others_do_not() {
     // A user's token can never act for someone else.
     let alice = app.manager("alice", &["tag:read"]).await;
     let channel = tls_channel(&app, &server_ca, None).await.unwrap();
-    let mut request = authed(&alice, ListTokensRequest::default());
-    for (key, value) in act_as_bob {
-        request.metadata_mut().insert(key, value.parse().unwrap());
-    }
+    let request = acting_for(authed(&alice, ListTokensRequest::default()), "bob");
     let denied = TokenServiceClient::new(channel)
         .list_tokens(request)
         .await
@@ -365,13 +363,10 @@ fn introspection_for_trusted_only() -> ServerSettings {
 async fn a_service_credential_acts_for_the_owner_it_names(app: TestApp) {
     let portal = portal_credential();
     let mut tokens = app.tokens().await;
-    let mut request = authed(portal, create("for carol", &["license:read"]));
-    request
-        .metadata_mut()
-        .insert("x-patd-act-as-subject", "carol".parse().unwrap());
-    request
-        .metadata_mut()
-        .insert("x-patd-act-as-account", "acme".parse().unwrap());
+    let request = acting_for(
+        authed(portal, create("for carol", &["license:read"])),
+        "carol",
+    );
     let created = tokens.create_token(request).await.unwrap().into_inner();
     assert_eq!(created.token.unwrap().subject, "carol");
     assert!(app.is_active(&created.secret).await);
@@ -382,13 +377,7 @@ async fn a_service_credential_acts_for_the_owner_it_names(app: TestApp) {
         (forged.as_str(), "service credential is not recognised"),
         ("patdsvc_nonsense", "service credential is not recognised"),
     ] {
-        let mut request = authed(credential, ListTokensRequest::default());
-        request
-            .metadata_mut()
-            .insert("x-patd-act-as-subject", "carol".parse().unwrap());
-        request
-            .metadata_mut()
-            .insert("x-patd-act-as-account", "acme".parse().unwrap());
+        let request = acting_for(authed(credential, ListTokensRequest::default()), "carol");
         let err = tokens.list_tokens(request).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
         assert_eq!(err.message(), message);
