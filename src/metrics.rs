@@ -27,6 +27,9 @@ const BUCKETS_MICROS: [u64; 14] = [
 /// `other`, so that random paths cannot grow memory or a scrape without bound.
 const MAX_CALL_SERIES: usize = 256;
 
+/// Where calls beyond [`MAX_CALL_SERIES`] paths are counted.
+const OTHER_PATH: &str = "/other/other";
+
 /// Token counts by state are a full scan: taken at most this often.
 const TOKEN_COUNT_MAX_AGE: Duration = Duration::from_secs(15);
 
@@ -39,6 +42,10 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
     pub fn observe(&self, elapsed: Duration) {
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let bucket = BUCKETS_MICROS.partition_point(|&bound| bound < micros);
@@ -139,15 +146,21 @@ const CHECKS: [(Check, &str); 9] = [
     (Check::Misconfigured, "misconfigured"),
 ];
 
+/// gRPC status codes 0 (OK) to 16 (UNAUTHENTICATED).
+const CODES: usize = 17;
+
+/// One method's calls, a latency histogram per status code.
 #[derive(Debug, Default)]
 struct CallSeries {
-    latency: Histogram,
+    by_code: [Histogram; CODES],
 }
 
 /// Counters shared by the server's layers and handlers (one set per server).
 #[derive(Debug, Default)]
 pub struct Metrics {
-    calls: RwLock<HashMap<(String, String, tonic::Code), Arc<CallSeries>>>,
+    /// By path (`/package.Service/Method`): looked up by `&str`, so that recording
+    /// a call allocates nothing.
+    calls: RwLock<HashMap<String, Arc<CallSeries>>>,
     introspect: [AtomicU64; OUTCOMES.len()],
     cache: [AtomicU64; CACHE_LOOKUPS.len()],
     checks: [AtomicU64; CHECKS.len()],
@@ -157,22 +170,19 @@ pub struct Metrics {
 impl Metrics {
     /// Records a finished call to `path` (`/package.Service/Method`).
     pub fn record_call(&self, path: &str, code: tonic::Code, latency: Duration) {
-        let (service, method) = path
-            .strip_prefix('/')
-            .and_then(|path| path.split_once('/'))
-            .unwrap_or(("other", "other"));
-        let key = (service.to_owned(), method.to_owned(), code);
-        let known = self.calls.read().expect("lock poisoned").get(&key).cloned();
-        let series = known.unwrap_or_else(|| {
-            let mut calls = self.calls.write().expect("lock poisoned");
-            let key = if calls.len() < MAX_CALL_SERIES || calls.contains_key(&key) {
-                key
-            } else {
-                ("other".to_owned(), "other".to_owned(), code)
-            };
-            calls.entry(key).or_default().clone()
-        });
-        series.latency.observe(latency);
+        let code = (code as usize).min(CODES - 1);
+        if let Some(series) = self.calls.read().expect("lock poisoned").get(path) {
+            series.by_code[code].observe(latency);
+            return;
+        }
+        let mut calls = self.calls.write().expect("lock poisoned");
+        let path = if calls.len() < MAX_CALL_SERIES || calls.contains_key(path) {
+            path
+        } else {
+            OTHER_PATH
+        };
+        let series = calls.entry(path.to_owned()).or_default();
+        series.by_code[code].observe(latency);
     }
 
     pub fn record_introspect(&self, outcome: IntrospectOutcome) {
@@ -226,39 +236,43 @@ impl Metrics {
             "# HELP grpc_server_handled_total Calls completed, by service, method and status code.\n\
              # TYPE grpc_server_handled_total counter\n",
         );
-        let mut calls: Vec<_> = self
+        let mut paths: Vec<(String, Arc<CallSeries>)> = self
             .calls
             .read()
             .expect("lock poisoned")
             .iter()
-            .map(|(key, series)| (key.clone(), series.clone()))
+            .map(|(path, series)| (path.clone(), series.clone()))
             .collect();
-        calls.sort_by(|a, b| (&a.0.0, &a.0.1, a.0.2 as i32).cmp(&(&b.0.0, &b.0.1, b.0.2 as i32)));
-        let label = |(service, method, code): &(String, String, tonic::Code)| {
-            format!(
-                "grpc_service=\"{}\",grpc_method=\"{}\",grpc_code=\"{}\"",
-                escape(service),
-                escape(method),
-                code_name(*code)
-            )
-        };
-        for (key, series) in &calls {
-            let count: u64 = series
-                .latency
-                .counts
-                .iter()
-                .map(|c| c.load(Ordering::Relaxed))
-                .sum();
-            let _ = writeln!(out, "grpc_server_handled_total{{{}}} {count}", label(key));
+        paths.sort_by(|a, b| a.0.cmp(&b.0));
+        // Every (method, code) pair that has seen a call, with its labels.
+        let mut calls: Vec<(String, &Histogram, u64)> = Vec::new();
+        for (path, series) in &paths {
+            let (service, method) = path
+                .strip_prefix('/')
+                .and_then(|path| path.split_once('/'))
+                .unwrap_or(("other", "other"));
+            for (code, histogram) in series.by_code.iter().enumerate() {
+                let count = histogram.count();
+                if count > 0 {
+                    let labels = format!(
+                        "grpc_service=\"{}\",grpc_method=\"{}\",grpc_code=\"{:?}\"",
+                        escape(service),
+                        escape(method),
+                        tonic::Code::from_i32(code as i32)
+                    );
+                    calls.push((labels, histogram, count));
+                }
+            }
+        }
+        for (labels, _, count) in &calls {
+            let _ = writeln!(out, "grpc_server_handled_total{{{labels}}} {count}");
         }
         out.push_str(
             "# HELP grpc_server_handling_seconds Call latency in the server, by service, method and status code.\n\
              # TYPE grpc_server_handling_seconds histogram\n",
         );
-        for (key, series) in &calls {
-            series
-                .latency
-                .write(&mut out, "grpc_server_handling_seconds", &label(key));
+        for (labels, histogram, _) in &calls {
+            histogram.write(&mut out, "grpc_server_handling_seconds", labels);
         }
 
         out.push_str(
@@ -337,11 +351,6 @@ impl Metrics {
         }
         out
     }
-}
-
-fn code_name(code: tonic::Code) -> String {
-    // Prometheus convention (grpc-ecosystem): the code's name in CamelCase.
-    format!("{code:?}")
 }
 
 /// Escapes a label value: backslash, double quote and newline.
@@ -452,20 +461,8 @@ mod tests {
             MAX_CALL_SERIES + 1,
             "the excess shares one `other` series"
         );
-        let other = &calls[&(
-            "other".to_owned(),
-            "other".to_owned(),
-            tonic::Code::Unimplemented,
-        )];
-        assert_eq!(
-            other
-                .latency
-                .counts
-                .iter()
-                .map(|c| c.load(Ordering::Relaxed))
-                .sum::<u64>(),
-            50
-        );
+        let other = &calls[OTHER_PATH].by_code[tonic::Code::Unimplemented as usize];
+        assert_eq!(other.count(), 50);
     }
 
     #[test]
