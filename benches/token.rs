@@ -55,6 +55,9 @@ fn cache_lookup(c: &mut Criterion) {
         expires_at: None,
         revoked_at: None,
         last_used_at: None,
+        last_used_ip: None,
+        rotated_at: None,
+        allowed_cidrs: Default::default(),
     };
     let hashes: Vec<SecretHash> = (0..TOKENS)
         .map(|i| SecretHash::of(&i.to_string()))

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
+use crate::cidr::CidrList;
 use crate::clock;
 use crate::model::{NewToken, Owner, TokenRecord};
 use crate::proto::{IntrospectRequest, IntrospectResponse};
@@ -149,6 +150,9 @@ fn bench_token(fixture: &Fixture, index: u64, scopes: ScopeSet, now: i64) -> New
             expires_at: None,
             revoked_at: is_revoked(index).then_some(now),
             last_used_at: None,
+            last_used_ip: None,
+            rotated_at: None,
+            allowed_cidrs: CidrList::default(),
         },
     }
 }
@@ -221,6 +225,7 @@ fn introspect_call(token: String, active: bool) -> Call {
         frame: grpc_frame(&IntrospectRequest {
             token,
             required_scopes: vec!["license:read".to_owned()],
+            ..IntrospectRequest::default()
         }),
         expect: Expect::Active(active),
     }

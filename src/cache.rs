@@ -15,10 +15,12 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::cidr::CidrList;
 use crate::model::{Owner, TokenRecord, TokenState};
 use crate::scope::ScopeSet;
 use crate::token::SecretHash;
@@ -50,6 +52,8 @@ pub struct CachedToken {
     subject_len: u16,
     pub scopes: ScopeSet,
     revoked: bool,
+    /// The IP allowlist, boxed: most tokens have none, and pay one pointer.
+    allowed: Option<Box<CidrList>>,
     /// Seconds since the Unix epoch.
     last_used_secs: AtomicU32,
     /// Seconds since the cache's origin.
@@ -61,6 +65,11 @@ pub struct CachedToken {
 const ID_LEN: usize = 22;
 
 impl CachedToken {
+    /// A token answered once and not kept (a secret retired by a rotation).
+    pub fn uncached(seq: i64, record: &TokenRecord) -> Arc<CachedToken> {
+        Arc::new(CachedToken::new(seq, record, 0))
+    }
+
     fn new(seq: i64, record: &TokenRecord, inserted: u32) -> CachedToken {
         let Owner { subject, account } = &record.owner;
         let text = format!("{}{}{subject}{account}", record.id, record.name);
@@ -74,6 +83,8 @@ impl CachedToken {
             subject_len: subject.len() as u16,
             scopes: record.scopes,
             revoked: record.revoked_at.is_some(),
+            allowed: (!record.allowed_cidrs.is_empty())
+                .then(|| Box::new(record.allowed_cidrs.clone())),
             last_used_secs: AtomicU32::new(
                 record
                     .last_used_at
@@ -105,6 +116,16 @@ impl CachedToken {
         Owner {
             subject: self.subject().to_owned(),
             account: self.account().to_owned(),
+        }
+    }
+
+    /// Whether a client at `client` may use the token: always without an
+    /// allowlist; with one, only from an address in it (none given: no).
+    pub fn allows(&self, client: Option<IpAddr>) -> bool {
+        match (&self.allowed, client) {
+            (None, _) => true,
+            (Some(allowed), Some(client)) => allowed.allows(client),
+            (Some(_), None) => false,
         }
     }
 
@@ -404,6 +425,9 @@ mod tests {
             expires_at: Some(2_000_000),
             revoked_at: None,
             last_used_at: None,
+            last_used_ip: None,
+            rotated_at: None,
+            allowed_cidrs: Default::default(),
         }
     }
 

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use crate::bench::{self, BenchArgs};
+use crate::cidr::CidrList;
 use crate::client::{self, ClientCommand, HealthArgs, NewTokenArgs};
 use crate::clock;
 use crate::config::{Config, Overrides};
@@ -375,6 +376,7 @@ async fn admin_command(config: &Config, store: &Store, command: AdminTokenComman
                 name: &token.name,
                 scopes: parse_scopes(&token.scopes)?,
                 expires_at: token.expiry_micros()?,
+                allowed_cidrs: CidrList::parse(&token.allowed_cidrs)?,
             };
             let owner = Owner::new(&subject, &account)?;
             let (new, secret) = spec.issue(config.token_format(), owner, now)?;

@@ -149,6 +149,9 @@ pub struct NewTokenArgs {
     /// Expiry as RFC 3339, e.g. 2027-01-31T00:00:00Z
     #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
     expires_at: Option<SystemTime>,
+    /// Comma-separated CIDR blocks the token may be used from, e.g. 10.0.0.0/8,2001:db8::/32
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_cidrs: Vec<String>,
 }
 
 impl NewTokenArgs {
@@ -212,6 +215,9 @@ pub enum ClientCommand {
         /// Scopes the token must grant; missing ones are listed (and exit 6)
         #[arg(long, value_delimiter = ',')]
         require: Vec<String>,
+        /// The address the token's user connects from (checked against its allowlist)
+        #[arg(long)]
+        client_ip: Option<std::net::IpAddr>,
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
@@ -394,6 +400,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                 name: token.name,
                 scopes: token.scopes,
                 expires_at,
+                allowed_cidrs: token.allowed_cidrs,
             };
             let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
             let created = client
@@ -479,6 +486,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
         ClientCommand::Introspect {
             conn,
             require,
+            client_ip,
             json,
         } => {
             let token = read_presented_token()?;
@@ -486,6 +494,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
             let request = proto::IntrospectRequest {
                 token,
                 required_scopes: require,
+                client_ip: client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             };
             let answer = client.introspect(request).await?.into_inner();
             if json {

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod cache;
+pub mod cidr;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::clock;
 use crate::store::{Store, TokenCounts};
+use crate::verifier::Inactive;
 
 /// Upper bounds of the latency buckets, in microseconds (100 µs to 10 s).
 const BUCKETS_MICROS: [u64; 14] = [
@@ -91,18 +92,33 @@ pub enum IntrospectOutcome {
     Unknown,
     Expired,
     Revoked,
+    /// Outside the token's IP allowlist, or no client address given for it.
+    AddressNotAllowed,
     /// Storage could not be asked: the call failed (closed).
     StorageError,
 }
 
-const OUTCOMES: [(IntrospectOutcome, &str); 6] = [
+const OUTCOMES: [(IntrospectOutcome, &str); 7] = [
     (IntrospectOutcome::Active, "active"),
     (IntrospectOutcome::Malformed, "malformed"),
     (IntrospectOutcome::Unknown, "unknown"),
     (IntrospectOutcome::Expired, "expired"),
     (IntrospectOutcome::Revoked, "revoked"),
+    (IntrospectOutcome::AddressNotAllowed, "address_not_allowed"),
     (IntrospectOutcome::StorageError, "storage_error"),
 ];
+
+impl From<Inactive> for IntrospectOutcome {
+    fn from(inactive: Inactive) -> IntrospectOutcome {
+        match inactive {
+            Inactive::Malformed => IntrospectOutcome::Malformed,
+            Inactive::Unknown => IntrospectOutcome::Unknown,
+            Inactive::Expired => IntrospectOutcome::Expired,
+            Inactive::Revoked => IntrospectOutcome::Revoked,
+            Inactive::AddressNotAllowed => IntrospectOutcome::AddressNotAllowed,
+        }
+    }
+}
 
 /// How a token was found in the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,13 +150,17 @@ pub enum Check {
     Misconfigured,
 }
 
-const CHECKS: [(Check, &str); 9] = [
+const CHECKS: [(Check, &str); 10] = [
     (Check::Allowed, "allowed"),
     (Check::NoToken, "no_token"),
     (Check::Inactive(IntrospectOutcome::Malformed), "malformed"),
     (Check::Inactive(IntrospectOutcome::Unknown), "unknown"),
     (Check::Inactive(IntrospectOutcome::Expired), "expired"),
     (Check::Inactive(IntrospectOutcome::Revoked), "revoked"),
+    (
+        Check::Inactive(IntrospectOutcome::AddressNotAllowed),
+        "address_not_allowed",
+    ),
     (Check::MissingScopes, "missing_scopes"),
     (Check::StorageError, "storage_error"),
     (Check::Misconfigured, "misconfigured"),

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::cidr::CidrList;
 use crate::clock;
 use crate::scope::{ScopeSet, UnknownScopes};
 use crate::token::{Secret, SecretHash, TokenFormat, generate_id};
@@ -48,6 +49,12 @@ pub struct TokenRecord {
     /// When the token was last seen active, to the second; written behind, so it
     /// may lag by up to the flush interval.
     pub last_used_at: Option<i64>,
+    /// The client address of the last use, when the caller of Introspect gave it.
+    pub last_used_ip: Option<String>,
+    /// When the secret was last replaced; `None`: never rotated.
+    pub rotated_at: Option<i64>,
+    /// Client networks the token may be used from; empty: any.
+    pub allowed_cidrs: CidrList,
 }
 
 impl TokenRecord {
@@ -94,6 +101,7 @@ pub struct TokenSpec<'a> {
     /// From [`parse_scopes`], so never empty.
     pub scopes: ScopeSet,
     pub expires_at: Option<i64>,
+    pub allowed_cidrs: CidrList,
 }
 
 impl TokenSpec<'_> {
@@ -125,6 +133,9 @@ impl TokenSpec<'_> {
             expires_at: self.expires_at,
             revoked_at: None,
             last_used_at: None,
+            last_used_ip: None,
+            rotated_at: None,
+            allowed_cidrs: self.allowed_cidrs.clone(),
         };
         let secret_hash = SecretHash::of(secret.expose());
         Ok((
@@ -197,6 +208,7 @@ mod tests {
             name,
             scopes: parse_scopes(&scopes).unwrap(),
             expires_at,
+            allowed_cidrs: Default::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! writing `last_used_at` behind.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,8 +14,10 @@ use crate::cache::{CacheSettings, Cached, CachedToken, TokenCache};
 use crate::clock;
 use crate::metrics::{CacheLookup, Metrics};
 use crate::model::{Owner, TokenRecord, TokenState};
-use crate::store::{ChangeMark, Heard, Store, StoreResult};
-use crate::token::{SecretHash, TokenFormat};
+use crate::store::{
+    ChangeMark, HashMatch, Heard, Rotated, Rotation, Store, StoreResult, StoredToken,
+};
+use crate::token::{Secret, SecretHash, TokenFormat};
 
 /// Changes older than this are pruned: no process can still need them.
 const CHANGE_RETENTION_MICROS: i64 = 86_400_000_000;
@@ -54,6 +57,15 @@ pub enum Inactive {
     Unknown,
     Expired,
     Revoked,
+    /// The token has an IP allowlist and the client is outside it (or unknown).
+    AddressNotAllowed,
+}
+
+/// A use waiting for the write-behind flush: the token, and the client address
+/// of the first use since the previous flush.
+struct QueuedUse {
+    token: Arc<CachedToken>,
+    client: Option<IpAddr>,
 }
 
 #[derive(Clone)]
@@ -68,7 +80,7 @@ struct Inner {
     lookups: Semaphore,
     /// Tokens used since the last write-behind flush, by `seq`: bounded by the
     /// number of distinct tokens, whatever the cache holds.
-    used: Mutex<HashMap<i64, Arc<CachedToken>>>,
+    used: Mutex<HashMap<i64, QueuedUse>>,
     /// Serialises flushes, so that shutdown's final flush runs after (not during)
     /// a periodic one.
     flushing: tokio::sync::Mutex<()>,
@@ -110,10 +122,13 @@ impl Verifier {
 
     /// The token `presented` stands for, if it is active now. A storage failure is
     /// an error, never an answer: the caller must fail closed.
+    /// `client` is the address the token is used from, when known: checked
+    /// against the token's allowlist and recorded as its last use.
     pub async fn verify(
         &self,
         presented: &str,
         lane: Lane,
+        client: Option<IpAddr>,
     ) -> StoreResult<Result<Arc<CachedToken>, Inactive>> {
         let inner = &*self.inner;
         let Some(hash) = inner.format.parse(presented) else {
@@ -140,14 +155,21 @@ impl Verifier {
         let now = clock::now_micros();
         match token.state_at(now) {
             TokenState::Active => {
+                if !token.allows(client) {
+                    return Ok(Err(Inactive::AddressNotAllowed));
+                }
                 if token.touch(now) {
                     let mut used = inner.used.lock().expect("lock poisoned");
+                    let queued = QueuedUse {
+                        token: token.clone(),
+                        client,
+                    };
                     // An uncached token is a new entry on every call: keep one per
                     // token, and let a replaced one queue itself again later.
-                    if let Some(replaced) = used.insert(token.seq, token.clone())
-                        && !Arc::ptr_eq(&replaced, &token)
+                    if let Some(replaced) = used.insert(token.seq, queued)
+                        && !Arc::ptr_eq(&replaced.token, &token)
                     {
-                        replaced.dequeue();
+                        replaced.token.dequeue();
                     }
                 }
                 Ok(Ok(token))
@@ -168,18 +190,70 @@ impl Verifier {
             Lane::Introspect => Some(inner.lookups.acquire().await.expect("never closed")),
             Lane::Management => None,
         };
-        Ok(match inner.store.find_by_hash(&hash).await? {
-            Some(stored) => Some(inner.cache.insert_found(
-                &hash,
-                stored.seq,
-                &stored.record,
-                epoch,
-            )),
-            None => {
-                inner.cache.insert_absent(&hash, epoch);
-                None
-            }
+        let Some(found) = inner.store.find_by_hash(&hash).await? else {
+            inner.cache.insert_absent(&hash, epoch);
+            return Ok(None);
+        };
+        let HashMatch {
+            stored: StoredToken { seq, mut record },
+            retired_grace_until,
+        } = found;
+        let Some(grace_until) = retired_grace_until else {
+            return Ok(Some(inner.cache.insert_found(&hash, seq, &record, epoch)));
+        };
+        // A secret retired by a rotation is never cached: each use is checked
+        // against its grace period, and a use after it must be seen.
+        let now = clock::now_micros();
+        if now < grace_until {
+            record.expires_at = Some(
+                record
+                    .expires_at
+                    .map_or(grace_until, |at| at.min(grace_until)),
+            );
+            return Ok(Some(CachedToken::uncached(seq, &record)));
+        }
+        // A rotated-away secret in use: it leaked. Revoke the token, whatever
+        // its current secret, so that neither the thief nor the holder goes on.
+        tracing::warn!(token_id = %record.id, "retired secret presented after its grace period: token revoked");
+        let revoked = self
+            .revoke(record.owner.clone(), record.id.clone(), now)
+            .await?;
+        Ok(revoked.map(|record| CachedToken::uncached(seq, &record)))
+    }
+
+    /// Gives `owner`'s token `id` a fresh secret (see [`Store::rotate`]) and drops
+    /// the old one from this process's cache before returning.
+    pub async fn rotate(
+        &self,
+        owner: Owner,
+        id: String,
+        expires_at: Option<i64>,
+        grace: Duration,
+    ) -> StoreResult<Result<(TokenRecord, Secret), Rotated>> {
+        let this = self.clone();
+        run_to_completion(async move {
+            let inner = &*this.inner;
+            let secret = inner.format.generate();
+            let now = clock::now_micros();
+            let rotation = Rotation {
+                owner: &owner,
+                id: &id,
+                new_hash: SecretHash::of(secret.expose()),
+                hint: inner.format.hint(&secret),
+                now,
+                expires_at,
+                grace_until: now
+                    .saturating_add(i64::try_from(grace.as_micros()).unwrap_or(i64::MAX)),
+            };
+            Ok(match inner.store.rotate(&rotation).await? {
+                Rotated::Done { record, old_hash } => {
+                    inner.cache.invalidate(&old_hash);
+                    Ok((*record, secret))
+                }
+                other => Err(other),
+            })
         })
+        .await
     }
 
     /// Revokes `owner`'s token (see [`Store::revoke`]) and drops it from this
@@ -260,18 +334,21 @@ impl Verifier {
         let inner = &*self.inner;
         let _flushing = inner.flushing.lock().await;
         let used = std::mem::take(&mut *inner.used.lock().expect("lock poisoned"));
-        let uses: Vec<(i64, i64)> = used
+        let uses: Vec<(i64, i64, Option<String>)> = used
             .iter()
-            .map(|(&seq, token)| (seq, token.dequeue()))
+            .map(|(&seq, queued)| {
+                let client = queued.client.map(|ip| ip.to_string());
+                (seq, queued.token.dequeue(), client)
+            })
             .collect();
         if uses.is_empty() {
             return Ok(0);
         }
         if let Err(err) = inner.store.record_last_used(&uses).await {
             let mut queue = inner.used.lock().expect("lock poisoned");
-            for (seq, token) in used {
-                if token.mark_queued() {
-                    queue.entry(seq).or_insert(token);
+            for (seq, queued) in used {
+                if queued.token.mark_queued() {
+                    queue.entry(seq).or_insert(queued);
                 }
             }
             return Err(err);

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
+use crate::cache::CachedToken;
 use crate::model::{InvalidArgument, Owner};
 use crate::scope::{MANAGE_TOKENS, ScopeSet};
 use crate::store::StoreError;
@@ -190,6 +191,41 @@ impl Callers {
     }
 }
 
+/// The active token presented as `authorization: Bearer <token>`, whatever its
+/// scopes: for calls about the token itself (GetSelf, RotateSelf).
+pub async fn bearer<T>(
+    verifier: &Verifier,
+    request: &Request<T>,
+) -> Result<Arc<CachedToken>, Status> {
+    let presented = bearer_token(request.metadata())?;
+    // The peer is the client using the token (for its allowlist and last use).
+    let client = request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|peer| peer.remote_addr)
+        .map(|addr| addr.ip());
+    if presented.starts_with(SERVICE_CREDENTIAL_PREFIX) {
+        return Err(Status::unauthenticated(
+            "service credential is not recognised",
+        ));
+    }
+    match verifier.verify(presented, Lane::Management, client).await? {
+        Ok(token) => Ok(token),
+        Err(inactive) => {
+            tracing::debug!(reason = ?inactive, "caller token inactive");
+            Err(Status::unauthenticated(match inactive {
+                Inactive::Malformed => "bearer token is malformed",
+                Inactive::Unknown => "bearer token is not recognised",
+                Inactive::Expired => "bearer token has expired",
+                Inactive::Revoked => "bearer token has been revoked",
+                Inactive::AddressNotAllowed => {
+                    "bearer token may not be used from this address (see its allowed_cidrs)"
+                }
+            }))
+        }
+    }
+}
+
 /// Whom a management call acts for, and with what authority.
 #[derive(Debug)]
 pub struct Caller {
@@ -243,24 +279,7 @@ pub async fn authenticate<T>(
             principal: format!("trusted:{name}"),
         });
     }
-    let presented = bearer_token(metadata)?;
-    if presented.starts_with(SERVICE_CREDENTIAL_PREFIX) {
-        return Err(Status::unauthenticated(
-            "service credential is not recognised",
-        ));
-    }
-    let token = match verifier.verify(presented, Lane::Management).await? {
-        Ok(token) => token,
-        Err(inactive) => {
-            tracing::debug!(reason = ?inactive, "caller token inactive");
-            return Err(Status::unauthenticated(match inactive {
-                Inactive::Malformed => "bearer token is malformed",
-                Inactive::Unknown => "bearer token is not recognised",
-                Inactive::Expired => "bearer token has expired",
-                Inactive::Revoked => "bearer token has been revoked",
-            }));
-        }
-    };
+    let token = bearer(verifier, request).await?;
     if acting_for.is_some() {
         return Err(Status::permission_denied(format!(
             "only trusted internal callers may act for another owner ({ACT_AS_SUBJECT})"

@@ -4,17 +4,20 @@
 //! context extension (comma-separated). Allowed requests reach the upstream with
 //! the caller's identity in `x-patd-*` headers.
 
+use envoy_types::ext_authz::v3::CheckRequestExt;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
     HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
 };
 use envoy_types::pb::google::rpc;
+use std::net::IpAddr;
+
 use tonic::{Code, Request, Response, Status};
 
 use crate::grpc::auth::Callers;
 use crate::metrics::{Check, IntrospectOutcome};
 use crate::scope::ScopeSet;
-use crate::verifier::{Inactive, Lane, Verifier};
+use crate::verifier::{Lane, Verifier};
 
 /// The context extension listing the scopes a route requires.
 pub const REQUIRED_SCOPES_KEY: &str = "required_scopes";
@@ -68,6 +71,11 @@ fn authorization_headers(check: &CheckRequest) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// The downstream client's address, as Envoy reports it (its `source` peer).
+fn client_address(check: &CheckRequest) -> Option<IpAddr> {
+    check.get_client_address()?.parse().ok()
 }
 
 fn header(key: &str, value: String) -> HeaderValueOption {
@@ -187,16 +195,15 @@ impl ExtAuthzApi {
                 Check::NoToken,
             );
         }
-        let token = match self.verifier.verify(presented, Lane::Introspect).await {
+        let token = match self
+            .verifier
+            .verify(presented, Lane::Introspect, client_address(check))
+            .await
+        {
             Ok(Ok(token)) => token,
             Ok(Err(inactive)) => {
                 tracing::debug!(reason = ?inactive, "ext_authz: token inactive");
-                let outcome = match inactive {
-                    Inactive::Malformed => IntrospectOutcome::Malformed,
-                    Inactive::Unknown => IntrospectOutcome::Unknown,
-                    Inactive::Expired => IntrospectOutcome::Expired,
-                    Inactive::Revoked => IntrospectOutcome::Revoked,
-                };
+                let outcome = IntrospectOutcome::from(inactive);
                 // Like Introspect, never say why (RFC 7662 §2.2).
                 return (
                     unauthenticated(Some("invalid_token"), "bearer token is not active"),

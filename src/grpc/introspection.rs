@@ -1,6 +1,8 @@
 //! `pat.v1.IntrospectionService`: is this bearer token valid, whose is it, and
 //! which scopes does it grant?
 
+use std::net::IpAddr;
+
 use tonic::{Request, Response, Status};
 
 use crate::clock;
@@ -9,7 +11,7 @@ use crate::metrics::IntrospectOutcome;
 use crate::proto;
 use crate::proto::introspection_service_server::IntrospectionService;
 use crate::scope::ScopeSet;
-use crate::verifier::{Inactive, Lane, Verifier};
+use crate::verifier::{Lane, Verifier};
 
 pub const TOKEN_TYPE: &str = "Bearer";
 
@@ -37,23 +39,24 @@ impl IntrospectionService for IntrospectionApi {
         // rather than deny every token in silence.
         let required = ScopeSet::parse(&request.required_scopes)
             .map_err(|unknown| Status::invalid_argument(format!("required_scopes: {unknown}")))?;
+        let client = match request.client_ip.trim() {
+            "" => None,
+            text => Some(text.parse::<IpAddr>().map_err(|_| {
+                Status::invalid_argument("client_ip is not an IPv4 or IPv6 address")
+            })?),
+        };
         let metrics = self.verifier.metrics();
         // Storage errors propagate as UNAVAILABLE/INTERNAL: fail closed.
         let verified = self
             .verifier
-            .verify(&request.token, Lane::Introspect)
+            .verify(&request.token, Lane::Introspect, client)
             .await
             .inspect_err(|_| metrics.record_introspect(IntrospectOutcome::StorageError))?;
         let token = match verified {
             Ok(token) => token,
             Err(reason) => {
                 tracing::debug!(?reason, "introspect: inactive");
-                metrics.record_introspect(match reason {
-                    Inactive::Malformed => IntrospectOutcome::Malformed,
-                    Inactive::Unknown => IntrospectOutcome::Unknown,
-                    Inactive::Expired => IntrospectOutcome::Expired,
-                    Inactive::Revoked => IntrospectOutcome::Revoked,
-                });
+                metrics.record_introspect(reason.into());
                 return Ok(Response::new(proto::IntrospectResponse::default()));
             }
         };

@@ -28,5 +28,8 @@ pub fn token_message(record: TokenRecord, now: i64) -> proto::Token {
         state: state.into(),
         hint: record.hint,
         last_used_at: record.last_used_at.map(clock::to_timestamp),
+        last_used_ip: record.last_used_ip.unwrap_or_default(),
+        rotated_at: record.rotated_at.map(clock::to_timestamp),
+        allowed_cidrs: record.allowed_cidrs.to_strings(),
     }
 }

@@ -1,15 +1,18 @@
 //! `pat.v1.TokenService`: the caller's own tokens.
 
+use std::time::Duration;
+
 use tonic::{Request, Response, Status};
 
+use crate::cidr::CidrList;
 use crate::clock;
-use crate::grpc::auth::{Caller, Callers, authenticate};
+use crate::grpc::auth::{Caller, Callers, authenticate, bearer};
 use crate::grpc::token_message;
-use crate::model::{TokenSpec, parse_scopes};
+use crate::model::{Owner, TokenSpec, parse_scopes};
 use crate::proto;
 use crate::proto::token_service_server::TokenService;
 use crate::scope::CATALOG;
-use crate::store::Cursor;
+use crate::store::{Cursor, Rotated};
 use crate::token::is_valid_id;
 use crate::verifier::Verifier;
 
@@ -22,6 +25,49 @@ pub struct TokenApi {
 }
 
 impl TokenApi {
+    async fn rotate(
+        &self,
+        owner: Owner,
+        id: String,
+        expires_at: Option<i64>,
+        grace: Duration,
+        principal: &str,
+    ) -> Result<Response<proto::CreateTokenResponse>, Status> {
+        let now = clock::now_micros();
+        if let Some(expires_at) = expires_at
+            && expires_at <= now
+        {
+            return Err(Status::invalid_argument(format!(
+                "expires_at {} is not in the future",
+                clock::rfc3339(expires_at)
+            )));
+        }
+        let rotated = self
+            .verifier
+            .rotate(owner, id.clone(), expires_at, grace)
+            .await?;
+        let (record, secret) = match rotated {
+            Ok(rotated) => rotated,
+            Err(Rotated::NotFound) => return Err(not_found(&id)),
+            Err(Rotated::Inactive(state)) => {
+                return Err(Status::failed_precondition(format!(
+                    "token {id} is {}: only active tokens can be rotated",
+                    state.as_str()
+                )));
+            }
+            Err(Rotated::Conflict | Rotated::Done { .. }) => {
+                return Err(Status::aborted(format!(
+                    "token {id} was rotated by another call at the same time; retry"
+                )));
+            }
+        };
+        tracing::info!(token_id = %id, rotated_by = %principal, grace = ?grace, "token rotated");
+        Ok(Response::new(proto::CreateTokenResponse {
+            token: Some(token_message(record, now)),
+            secret: secret.expose().to_owned(),
+        }))
+    }
+
     pub fn new(verifier: Verifier, callers: Callers) -> TokenApi {
         TokenApi { verifier, callers }
     }
@@ -42,6 +88,39 @@ fn requested_id(id: &str) -> Result<&str, Status> {
         ));
     }
     Ok(id)
+}
+
+/// An expiry from a request, if set.
+fn requested_expiry(timestamp: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Status> {
+    timestamp
+        .map(|timestamp| {
+            clock::from_timestamp(timestamp).ok_or_else(|| {
+                Status::invalid_argument(
+                    "expires_at must be between 1970-01-01 and 9999-12-31 with nanos in 0..1e9",
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The longest a rotated-away secret may keep working.
+pub const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+fn requested_grace(grace: Option<&prost_types::Duration>) -> Result<Duration, Status> {
+    let Some(grace) = grace else {
+        return Ok(Duration::ZERO);
+    };
+    let invalid = || {
+        Status::invalid_argument(format!(
+            "grace_period must be between 0 and {}",
+            humantime::format_duration(MAX_GRACE)
+        ))
+    };
+    let grace = Duration::try_from(*grace).map_err(|_| invalid())?;
+    if grace > MAX_GRACE {
+        return Err(invalid());
+    }
+    Ok(grace)
 }
 
 fn not_found(id: &str) -> Status {
@@ -68,16 +147,8 @@ impl TokenService for TokenApi {
     ) -> Result<Response<proto::CreateTokenResponse>, Status> {
         let caller = self.caller(&request).await?;
         let request = request.into_inner();
-        let expires_at = request
-            .expires_at
-            .map(|timestamp| {
-                clock::from_timestamp(&timestamp).ok_or_else(|| {
-                    Status::invalid_argument(
-                        "expires_at must be between 1970-01-01 and 9999-12-31 with nanos in 0..1e9",
-                    )
-                })
-            })
-            .transpose()?;
+        let expires_at = requested_expiry(request.expires_at.as_ref())?;
+        let allowed_cidrs = CidrList::parse(&request.allowed_cidrs)?;
         // No escalation: a token can only hand out scopes it holds itself.
         let wanted = parse_scopes(&request.scopes)?;
         let lacking = wanted.minus(caller.scopes);
@@ -92,6 +163,7 @@ impl TokenService for TokenApi {
             name: &request.name,
             scopes: wanted,
             expires_at,
+            allowed_cidrs,
         };
         let (new, secret) = spec.issue(self.verifier.format(), caller.owner, now)?;
         self.verifier.store().insert(&new).await?;
@@ -161,6 +233,57 @@ impl TokenService for TokenApi {
         let record = revoked.ok_or_else(|| not_found(id))?;
         tracing::info!(token_id = %id, revoked_by = %caller.principal, "token revoked");
         Ok(Response::new(token_message(record, now)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn rotate_token(
+        &self,
+        request: Request<proto::RotateTokenRequest>,
+    ) -> Result<Response<proto::CreateTokenResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let request = request.into_inner();
+        let id = requested_id(&request.id)?.to_owned();
+        let expires_at = requested_expiry(request.expires_at.as_ref())?;
+        let grace = requested_grace(request.grace_period.as_ref())?;
+        self.rotate(caller.owner, id, expires_at, grace, &caller.principal)
+            .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn rotate_self(
+        &self,
+        request: Request<proto::RotateSelfRequest>,
+    ) -> Result<Response<proto::CreateTokenResponse>, Status> {
+        let token = bearer(&self.verifier, &request).await?;
+        let request = request.into_inner();
+        let expires_at = requested_expiry(request.expires_at.as_ref())?;
+        let grace = requested_grace(request.grace_period.as_ref())?;
+        let principal = token.id().to_owned();
+        self.rotate(
+            token.owner(),
+            principal.clone(),
+            expires_at,
+            grace,
+            &principal,
+        )
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_self(
+        &self,
+        request: Request<proto::GetSelfRequest>,
+    ) -> Result<Response<proto::Token>, Status> {
+        let token = bearer(&self.verifier, &request).await?;
+        let record = self
+            .verifier
+            .store()
+            .get(&token.owner(), token.id())
+            .await?;
+        // Deleted between the check and the read.
+        let record =
+            record.ok_or_else(|| Status::unauthenticated("bearer token is not recognised"))?;
+        Ok(Response::new(token_message(record, clock::now_micros())))
     }
 
     #[tracing::instrument(skip_all)]

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use sqlx::{PgPool, SqlitePool};
 
+use crate::cidr::CidrList;
 use crate::metrics::Histogram;
-use crate::model::{NewToken, Owner, TokenRecord};
+use crate::model::{NewToken, Owner, TokenRecord, TokenState};
 use crate::scope::ScopeSet;
 use crate::token::SecretHash;
 
@@ -342,6 +343,9 @@ struct TokenRow {
     expires_at: Option<i64>,
     revoked_at: Option<i64>,
     last_used_at: Option<i64>,
+    last_used_ip: Option<String>,
+    rotated_at: Option<i64>,
+    allowed_cidrs: String,
 }
 
 #[derive(sqlx::FromRow)]
@@ -367,6 +371,9 @@ impl From<TokenRow> for TokenRecord {
             expires_at: row.expires_at,
             revoked_at: row.revoked_at,
             last_used_at: row.last_used_at,
+            last_used_ip: row.last_used_ip,
+            rotated_at: row.rotated_at,
+            allowed_cidrs: CidrList::from_stored(&row.allowed_cidrs),
         }
     }
 }
@@ -376,6 +383,48 @@ impl From<TokenRow> for TokenRecord {
 pub struct StoredToken {
     pub seq: i64,
     pub record: TokenRecord,
+}
+
+/// A token found by a secret's hash.
+#[derive(Debug)]
+pub struct HashMatch {
+    pub stored: StoredToken,
+    /// Set when the hash is a secret retired by a rotation: until when it works.
+    pub retired_grace_until: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct MatchedTokenRow {
+    #[sqlx(flatten)]
+    token: TokenRow,
+    #[sqlx(try_from = "Vec<u8>")]
+    secret_hash: SecretHash,
+    grace_until: Option<i64>,
+}
+
+/// A rotation to store: see [`Store::rotate`].
+pub struct Rotation<'a> {
+    pub owner: &'a Owner,
+    pub id: &'a str,
+    pub new_hash: SecretHash,
+    pub hint: String,
+    pub now: i64,
+    /// A new expiry; `None` keeps the current one.
+    pub expires_at: Option<i64>,
+    /// Until when the old secret keeps working (`now`: not at all).
+    pub grace_until: i64,
+}
+
+pub enum Rotated {
+    Done {
+        record: Box<TokenRecord>,
+        old_hash: SecretHash,
+    },
+    NotFound,
+    /// Revoked or expired tokens are not rotated.
+    Inactive(TokenState),
+    /// Another rotation of the same token committed first.
+    Conflict,
 }
 
 /// A revoke or delete recorded in `token_changes` (by a trigger).
@@ -440,7 +489,7 @@ pub struct ChangeMark(i64);
 macro_rules! columns {
     () => {
         "seq, id, name, subject, account, scopes, hint, created_at, expires_at, revoked_at, \
-         last_used_at"
+         last_used_at, last_used_ip, rotated_at, allowed_cidrs"
     };
 }
 
@@ -450,10 +499,10 @@ macro_rules! select {
     };
 }
 
-/// `INSERT ... VALUES` rows per statement: 10 parameters each stays well inside
+/// `INSERT ... VALUES` rows per statement: 11 parameters each stays well inside
 /// both backends' parameter limits.
 const INSERT_ROWS_PER_STATEMENT: usize = 500;
-/// `last_used_at` updates per statement (2 parameters each).
+/// `last_used_at` updates per statement (3 parameters each).
 const LAST_USED_ROWS_PER_STATEMENT: usize = 500;
 
 /// `$first, $first+1, ...` as `width` placeholders in parentheses.
@@ -626,11 +675,11 @@ impl Store {
     #[tracing::instrument(skip_all, fields(count = tokens.len()))]
     pub async fn insert_many(&self, tokens: &[NewToken]) -> StoreResult<()> {
         const COLUMNS: &str = "INSERT INTO tokens (id, secret_hash, name, subject, account, \
-            scopes, hint, created_at, expires_at, revoked_at) VALUES ";
+            scopes, hint, created_at, expires_at, revoked_at, allowed_cidrs) VALUES ";
         timed!(self, pool => async {
             let mut tx = pool.begin().await?;
             for chunk in tokens.chunks(INSERT_ROWS_PER_STATEMENT) {
-                let sql = format!("{COLUMNS}{}", values_list(chunk.len(), 10));
+                let sql = format!("{COLUMNS}{}", values_list(chunk.len(), 11));
                 let mut query = sqlx::query(&sql);
                 for new in chunk {
                     let token = &new.record;
@@ -644,7 +693,8 @@ impl Store {
                         .bind(&token.hint)
                         .bind(token.created_at)
                         .bind(token.expires_at)
-                        .bind(token.revoked_at);
+                        .bind(token.revoked_at)
+                        .bind(token.allowed_cidrs.to_stored());
                 }
                 StoreStats::count(&self.stats.writes);
                 query.execute(&mut *tx).await?;
@@ -655,26 +705,108 @@ impl Store {
         Ok(())
     }
 
-    /// The token whose secret hashes to `hash`, confirmed by a constant-time
-    /// comparison of the stored hash.
+    /// The token whose secret hashes to `hash`, current or retired by a rotation,
+    /// confirmed by a constant-time comparison of the stored hash.
     #[tracing::instrument(skip_all)]
-    pub async fn find_by_hash(&self, hash: &SecretHash) -> StoreResult<Option<StoredToken>> {
+    pub async fn find_by_hash(&self, hash: &SecretHash) -> StoreResult<Option<HashMatch>> {
+        // One round trip for both: the current secret, or a retired one joined to
+        // its token.
         const SQL: &str = concat!(
             "SELECT ",
             columns!(),
-            ", secret_hash FROM tokens WHERE secret_hash = $1"
+            ", secret_hash, CAST(NULL AS BIGINT) AS grace_until FROM tokens WHERE secret_hash = $1 ",
+            "UNION ALL SELECT ",
+            "t.seq, t.id, t.name, t.subject, t.account, t.scopes, t.hint, t.created_at, ",
+            "t.expires_at, t.revoked_at, t.last_used_at, t.last_used_ip, t.rotated_at, ",
+            "t.allowed_cidrs, r.secret_hash, r.grace_until ",
+            "FROM retired_secrets r JOIN tokens t ON t.id = r.token_id WHERE r.secret_hash = $1"
         );
         StoreStats::count(&self.stats.hash_lookups);
-        let row: Option<HashedTokenRow> = timed!(self, pool => sqlx::query_as(SQL)
+        let row: Option<MatchedTokenRow> = timed!(self, pool => sqlx::query_as(SQL)
             .bind(&hash.0[..])
             .fetch_optional(pool)
             .await)?;
         Ok(row
             .filter(|row| hash.matches(&row.secret_hash))
-            .map(|row| StoredToken {
-                seq: row.token.seq,
-                record: row.token.into(),
+            .map(|row| HashMatch {
+                stored: StoredToken {
+                    seq: row.token.seq,
+                    record: row.token.into(),
+                },
+                retired_grace_until: row.grace_until,
             }))
+    }
+
+    /// Gives `owner`'s active token `id` the secret hashing to `new_hash`: the
+    /// old hash is retired (usable until `grace_until`), all in one transaction.
+    #[tracing::instrument(skip_all, fields(token_id = %rotation.id))]
+    pub async fn rotate(&self, rotation: &Rotation<'_>) -> StoreResult<Rotated> {
+        const CURRENT: &str = concat!(
+            "SELECT ",
+            columns!(),
+            ", secret_hash FROM tokens WHERE id = $1 AND account = $2 AND subject = $3"
+        );
+        // Conditional on the hash read: of two concurrent rotations one wins and
+        // the other finds no row, so no secret is replaced without being retired.
+        const REPLACE: &str = concat!(
+            "UPDATE tokens SET secret_hash = $1, hint = $2, rotated_at = $3, ",
+            "expires_at = COALESCE($4, expires_at) WHERE id = $5 AND secret_hash = $6 RETURNING ",
+            columns!()
+        );
+        const RETIRE: &str = "INSERT INTO retired_secrets (secret_hash, token_id, retired_at, grace_until) \
+             VALUES ($1, $2, $3, $4)";
+        let Rotation {
+            owner,
+            id,
+            new_hash,
+            hint,
+            now,
+            expires_at,
+            grace_until,
+        } = rotation;
+        StoreStats::count(&self.stats.writes);
+        Ok(timed!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let current: Option<HashedTokenRow> = sqlx::query_as(CURRENT)
+                .bind(id)
+                .bind(&owner.account)
+                .bind(&owner.subject)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(current) = current else {
+                return Ok(Rotated::NotFound);
+            };
+            let record: TokenRecord = current.token.into();
+            let state = record.state_at(*now);
+            if state != TokenState::Active {
+                return Ok(Rotated::Inactive(state));
+            }
+            let replaced: Option<TokenRow> = sqlx::query_as(REPLACE)
+                .bind(&new_hash.0[..])
+                .bind(hint)
+                .bind(now)
+                .bind(expires_at)
+                .bind(id)
+                .bind(&current.secret_hash.0[..])
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(replaced) = replaced else {
+                return Ok(Rotated::Conflict);
+            };
+            sqlx::query(RETIRE)
+                .bind(&current.secret_hash.0[..])
+                .bind(id)
+                .bind(now)
+                .bind(grace_until)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Rotated::Done {
+                record: Box::new(replaced.into()),
+                old_hash: current.secret_hash,
+            })
+        }
+        .await)?)
     }
 
     /// How many tokens `account` has, in any state.
@@ -916,9 +1048,10 @@ impl Store {
         Ok(pruned)
     }
 
-    /// Writes `(seq, last used)` pairs; a stored later time is never overwritten.
+    /// Writes `(seq, last used, client address)`; a stored later time is never
+    /// overwritten, nor a stored address by none.
     #[tracing::instrument(skip_all, fields(count = uses.len()))]
-    pub async fn record_last_used(&self, uses: &[(i64, i64)]) -> StoreResult<()> {
+    pub async fn record_last_used(&self, uses: &[(i64, i64, Option<String>)]) -> StoreResult<()> {
         // One short transaction per chunk: a flush may cover every token of a
         // large installation, and must not hold SQLite's write lock (or a long
         // Postgres transaction) for all of it.
@@ -926,14 +1059,15 @@ impl Store {
             timed!(self, pool => {
                 // Both backends name the columns of a VALUES list column1, column2.
                 let sql = format!(
-                    "UPDATE tokens SET last_used_at = v.column2 FROM (VALUES {}) AS v \
+                    "UPDATE tokens SET last_used_at = v.column2, \
+                     last_used_ip = COALESCE(v.column3, tokens.last_used_ip) FROM (VALUES {}) AS v \
                      WHERE tokens.seq = v.column1 \
                      AND (tokens.last_used_at IS NULL OR tokens.last_used_at < v.column2)",
-                    values_list(chunk.len(), 2)
+                    values_list(chunk.len(), 3)
                 );
                 let mut query = sqlx::query(&sql);
-                for (seq, at) in chunk {
-                    query = query.bind(seq).bind(at);
+                for (seq, at, client) in chunk {
+                    query = query.bind(seq).bind(at).bind(client);
                 }
                 StoreStats::count(&self.stats.writes);
                 query.execute(pool).await.map(drop)

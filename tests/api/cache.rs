@@ -61,7 +61,7 @@ async fn preload_fills_the_cache_newest_first_up_to_capacity(app: TestApp) {
     let before = lookups(&app);
     assert_eq!(
         everything
-            .verify(&revoked, Lane::Introspect)
+            .verify(&revoked, Lane::Introspect, None)
             .await
             .unwrap()
             .unwrap_err(),
@@ -70,7 +70,7 @@ async fn preload_fills_the_cache_newest_first_up_to_capacity(app: TestApp) {
     for secret in &minted {
         assert!(
             everything
-                .verify(secret, Lane::Introspect)
+                .verify(secret, Lane::Introspect, None)
                 .await
                 .unwrap()
                 .is_ok()
@@ -88,7 +88,7 @@ async fn preload_fills_the_cache_newest_first_up_to_capacity(app: TestApp) {
     let before = lookups(&app);
     assert!(
         newest
-            .verify(&minted[0], Lane::Introspect)
+            .verify(&minted[0], Lane::Introspect, None)
             .await
             .unwrap()
             .is_ok()
@@ -113,6 +113,7 @@ async fn a_flood_of_unknown_tokens_leaves_room_for_management_calls(app: TestApp
             let request = IntrospectRequest {
                 token: token.clone(),
                 required_scopes: vec![],
+                client_ip: String::new(),
             };
             tokio::spawn(async move { client.introspect(request).await })
         })

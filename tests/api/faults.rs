@@ -26,6 +26,7 @@ async fn introspect_outcome(app: &TestApp, token: &str) -> Result<bool, Code> {
     let request = IntrospectRequest {
         token: token.to_owned(),
         required_scopes: vec![],
+        client_ip: String::new(),
     };
     let answer = app.introspection().await.introspect(request).await;
     answer
@@ -64,6 +65,7 @@ async fn mint_with(store: &Store, app: &TestApp) -> (String, patd::model::TokenR
         name: "faults",
         scopes,
         expires_at: None,
+        allowed_cidrs: Default::default(),
     };
     let owner = patd::model::Owner::new("alice", "acme").unwrap();
     let (new, secret) = spec
@@ -283,6 +285,7 @@ async fn sqlite_full_disk_refuses_writes_clearly_and_keeps_serving() {
             name: format!("fill {}", created.len()),
             scopes: vec!["tag:read".to_owned()],
             expires_at: None,
+            allowed_cidrs: vec![],
         };
         match tokens.create_token(authed(&manager, request)).await {
             Ok(answer) => created.push(answer.into_inner().secret),
@@ -305,6 +308,7 @@ async fn sqlite_full_disk_refuses_writes_clearly_and_keeps_serving() {
         let request = IntrospectRequest {
             token: secret.clone(),
             required_scopes: vec![],
+            client_ip: String::new(),
         };
         let answer = introspection
             .introspect(request)

@@ -312,6 +312,7 @@ impl TestApp {
             name: "minted",
             scopes: parse_scopes(&scopes).unwrap(),
             expires_at,
+            allowed_cidrs: Default::default(),
         };
         let owner = Owner::new(owner.0, owner.1).unwrap();
         let (new, secret) = spec
@@ -354,6 +355,7 @@ impl TestApp {
             name: name.to_owned(),
             scopes: vec!["tag:read".to_owned()],
             expires_at: None,
+            allowed_cidrs: vec![],
         };
         let response = self
             .tokens()
@@ -373,6 +375,7 @@ impl TestApp {
         let request = IntrospectRequest {
             token: token.to_owned(),
             required_scopes: required.iter().map(|s| s.to_string()).collect(),
+            client_ip: String::new(),
         };
         let answer = self.introspection().await.introspect(request).await;
         answer

@@ -23,6 +23,7 @@ fn create(name: String, scopes: Vec<String>) -> CreateTokenRequest {
         name,
         scopes,
         expires_at: None,
+        ..Default::default()
     }
 }
 
@@ -44,6 +45,7 @@ async fn oversized_messages_are_refused_with_a_clear_status(app: TestApp) {
     let huge_token = IntrospectRequest {
         token: "x".repeat(1_000_000),
         required_scopes: vec![],
+        client_ip: String::new(),
     };
     let status = app
         .introspection()
@@ -161,6 +163,7 @@ async fn overload_is_refused_fast_and_health_stays_serving(app: TestApp) {
     let request = IntrospectRequest {
         token: manager.clone(),
         required_scopes: vec![],
+        client_ip: String::new(),
     };
     let refused = app
         .introspection()

@@ -13,6 +13,7 @@ fn request(token: &str, required: &[&str]) -> IntrospectRequest {
     IntrospectRequest {
         token: token.to_owned(),
         required_scopes: required.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
     }
 }
 

@@ -24,6 +24,7 @@ async fn no_secret_reaches_the_log(app: TestApp) {
                 name: "log probe".to_owned(),
                 scopes: vec!["tag:read".to_owned()],
                 expires_at: None,
+                allowed_cidrs: vec![],
             },
         ))
         .await
@@ -46,6 +47,7 @@ async fn no_secret_reaches_the_log(app: TestApp) {
             .introspect(IntrospectRequest {
                 token: token.clone(),
                 required_scopes: vec!["tag:read".to_owned()],
+                client_ip: String::new(),
             })
             .await
             .unwrap();
@@ -66,6 +68,7 @@ async fn no_secret_reaches_the_log(app: TestApp) {
         .introspect(IntrospectRequest {
             token: secret.clone(),
             required_scopes: vec![],
+            client_ip: String::new(),
         })
         .await
         .unwrap();
@@ -175,6 +178,7 @@ async fn no_secret_is_stored_anywhere(app: TestApp) {
             name: name.to_owned(),
             scopes: vec!["tag:read".to_owned()],
             expires_at: None,
+            allowed_cidrs: vec![],
         };
         let created = tokens
             .create_token(authed(&manager, request))

@@ -73,6 +73,7 @@ async fn shutdown_lets_in_flight_calls_finish(app: TestApp) {
             name: "in flight".to_owned(),
             scopes: vec!["tag:read".to_owned()],
             expires_at: None,
+            allowed_cidrs: vec![],
         };
         client.create_token(authed(&manager, request)).await
     });
@@ -160,7 +161,13 @@ async fn reflection_v1_lists_and_describes_every_service(app: TestApp) {
         if expected_file == "pat/v1/pat.proto" {
             let services: Vec<_> = file.service.iter().map(|s| s.name()).collect();
             assert_eq!(services, vec!["TokenService", "IntrospectionService"]);
-            assert_eq!(file.dependency, vec!["google/protobuf/timestamp.proto"]);
+            assert_eq!(
+                file.dependency,
+                vec![
+                    "google/protobuf/duration.proto",
+                    "google/protobuf/timestamp.proto"
+                ]
+            );
         }
     }
 }

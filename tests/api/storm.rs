@@ -44,6 +44,7 @@ fn create(name: String) -> CreateTokenRequest {
         name,
         scopes: vec!["tag:read".to_owned()],
         expires_at: None,
+        ..Default::default()
     }
 }
 
@@ -81,6 +82,7 @@ async fn storm_worker(
                 let request = IntrospectRequest {
                     token: secret,
                     required_scopes: vec![],
+                    client_ip: String::new(),
                 };
                 match introspection.introspect(request).await {
                     Ok(answer) => assert!(answer.into_inner().active, "a fresh token is active"),

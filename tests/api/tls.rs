@@ -239,6 +239,7 @@ fn create(name: &str, scopes: &[&str]) -> CreateTokenRequest {
         name: name.to_owned(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         expires_at: None,
+        ..Default::default()
     }
 }
 
@@ -397,6 +398,7 @@ async fn introspection_can_be_limited_to_trusted_callers(app: TestApp) {
     let ask = || IntrospectRequest {
         token: secret.clone(),
         required_scopes: vec![],
+        client_ip: String::new(),
     };
     let mut client = IntrospectionServiceClient::new(app.channel().await);
     let anonymous = client.introspect(ask()).await.unwrap_err();

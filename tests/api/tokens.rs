@@ -19,6 +19,7 @@ fn create(name: &str, scopes: &[&str]) -> CreateTokenRequest {
         name: name.to_owned(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         expires_at: None,
+        ..Default::default()
     }
 }
 
