@@ -11,6 +11,7 @@ mod faults;
 mod fleet;
 mod hostile;
 mod introspection;
+mod lifecycle;
 mod logs;
 mod metrics;
 mod server;
