@@ -19,9 +19,9 @@ use crate::config::{Config, Overrides};
 use crate::grpc::auth::{
     IntrospectionCallers, generate_service_credential, service_credential_hash,
 };
-use crate::model::{Owner, TokenRecord, TokenSpec, parse_scopes};
+use crate::model::{Actor, Owner, TokenRecord, TokenSpec, parse_scopes};
 use crate::server;
-use crate::store::{Connect, Cursor, DatabaseUrl, Store};
+use crate::store::{Connect, Cursor, DatabaseUrl, EventKind, Store};
 use crate::telemetry::{self, LogFormat};
 use crate::tls::{ClientAuth, TlsReloader};
 
@@ -380,7 +380,7 @@ async fn admin_command(config: &Config, store: &Store, command: AdminTokenComman
             };
             let owner = Owner::new(&subject, &account)?;
             let (new, secret) = spec.issue(config.token_format(), owner, now)?;
-            store.insert(&new).await?;
+            store.insert(&new, &Actor::operator()).await?;
             eprintln!("{}", describe(&new.record, now));
             eprintln!("The secret below is shown once; store it now.");
             println!("{}", secret.expose());
@@ -420,14 +420,26 @@ async fn admin_command(config: &Config, store: &Store, command: AdminTokenComman
         AdminTokenCommand::Revoke { id } => {
             let token = find(store, &id).await?;
             let now = clock::now_micros();
-            let revoked = store.revoke(&token.owner, &id, now).await?;
+            let revoked = store
+                .revoke(
+                    &token.owner,
+                    &id,
+                    now,
+                    &Actor::operator(),
+                    EventKind::Revoked,
+                )
+                .await?;
             let (revoked, _) = revoked.ok_or_else(|| format!("no token with id {id}"))?;
             println!("{}", describe(&revoked, now));
             Ok(())
         }
         AdminTokenCommand::Delete { id } => {
             let token = find(store, &id).await?;
-            if store.delete(&token.owner, &id).await?.is_none() {
+            if store
+                .delete(&token.owner, &id, &Actor::operator(), clock::now_micros())
+                .await?
+                .is_none()
+            {
                 return Err(format!("no token with id {id}").into());
             }
             println!("deleted {}", describe(&token, clock::now_micros()));

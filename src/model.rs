@@ -70,6 +70,30 @@ impl TokenRecord {
     }
 }
 
+/// Who made a change, and from where: what the audit trail records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    /// `token:<id>`, `trusted:<name>`, `operator` (the admin commands),
+    /// `patd` (the server itself) or `anonymous`.
+    pub principal: String,
+    /// The caller's address, when known.
+    pub peer: String,
+}
+
+impl Actor {
+    pub fn new(principal: impl Into<String>, peer: Option<std::net::SocketAddr>) -> Actor {
+        Actor {
+            principal: principal.into(),
+            peer: peer.map(|addr| addr.to_string()).unwrap_or_default(),
+        }
+    }
+
+    /// The operator's `patd admin` commands, on the database directly.
+    pub fn operator() -> Actor {
+        Actor::new("operator", None)
+    }
+}
+
 /// A token about to be stored, and the only holder of its hash.
 #[derive(Debug)]
 pub struct NewToken {

@@ -92,6 +92,8 @@ pub const ALIASES: [(&str, &str); 1] = [("licenseTemaplate:write", "licenseTempl
 
 /// The scope a caller needs to manage tokens.
 pub const MANAGE_TOKENS: &str = "personalAccessToken:write";
+/// The scope that reads the audit trail (ListTokenEvents).
+pub const READ_EVENTS: &str = "eventLog:read";
 
 /// A set of catalog scopes.
 #[derive(Clone, Copy, PartialEq, Eq, Default, Hash)]

@@ -13,9 +13,9 @@ use tokio::sync::Semaphore;
 use crate::cache::{CacheSettings, Cached, CachedToken, TokenCache};
 use crate::clock;
 use crate::metrics::{CacheLookup, Metrics};
-use crate::model::{Owner, TokenRecord, TokenState};
+use crate::model::{Actor, Owner, TokenRecord, TokenState};
 use crate::store::{
-    ChangeMark, HashMatch, Heard, Rotated, Rotation, Store, StoreResult, StoredToken,
+    ChangeMark, EventKind, HashMatch, Heard, Rotated, Rotation, Store, StoreResult, StoredToken,
 };
 use crate::token::{Secret, SecretHash, TokenFormat};
 
@@ -216,7 +216,13 @@ impl Verifier {
         // its current secret, so that neither the thief nor the holder goes on.
         tracing::warn!(token_id = %record.id, "retired secret presented after its grace period: token revoked");
         let revoked = self
-            .revoke(record.owner.clone(), record.id.clone(), now)
+            .revoke(
+                record.owner.clone(),
+                record.id.clone(),
+                now,
+                Actor::new("patd", None),
+                EventKind::ReuseDetected,
+            )
             .await?;
         Ok(revoked.map(|record| CachedToken::uncached(seq, &record)))
     }
@@ -229,6 +235,7 @@ impl Verifier {
         id: String,
         expires_at: Option<i64>,
         grace: Duration,
+        actor: Actor,
     ) -> StoreResult<Result<(TokenRecord, Secret), Rotated>> {
         let this = self.clone();
         run_to_completion(async move {
@@ -244,6 +251,7 @@ impl Verifier {
                 expires_at,
                 grace_until: now
                     .saturating_add(i64::try_from(grace.as_micros()).unwrap_or(i64::MAX)),
+                actor: &actor,
             };
             Ok(match inner.store.rotate(&rotation).await? {
                 Rotated::Done { record, old_hash } => {
@@ -265,10 +273,16 @@ impl Verifier {
         owner: Owner,
         id: String,
         now: i64,
+        actor: Actor,
+        kind: EventKind,
     ) -> StoreResult<Option<TokenRecord>> {
         let this = self.clone();
         run_to_completion(async move {
-            let revoked = this.inner.store.revoke(&owner, &id, now).await?;
+            let revoked = this
+                .inner
+                .store
+                .revoke(&owner, &id, now, &actor, kind)
+                .await?;
             Ok(revoked.map(|(record, hash)| {
                 this.inner.cache.invalidate(&hash);
                 record
@@ -279,10 +293,11 @@ impl Verifier {
 
     /// Deletes `owner`'s token and drops it from this process's cache, like
     /// [`Verifier::revoke`]. False if there was no such token.
-    pub async fn delete(&self, owner: Owner, id: String) -> StoreResult<bool> {
+    pub async fn delete(&self, owner: Owner, id: String, actor: Actor) -> StoreResult<bool> {
         let this = self.clone();
         run_to_completion(async move {
-            let deleted = this.inner.store.delete(&owner, &id).await?;
+            let now = clock::now_micros();
+            let deleted = this.inner.store.delete(&owner, &id, &actor, now).await?;
             Ok(deleted
                 .map(|hash| this.inner.cache.invalidate(&hash))
                 .is_some())

@@ -3,6 +3,7 @@
 //! the one place where internal errors become `tonic::Status`.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -10,8 +11,8 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
 use crate::cache::CachedToken;
-use crate::model::{InvalidArgument, Owner};
-use crate::scope::{MANAGE_TOKENS, ScopeSet};
+use crate::model::{Actor, InvalidArgument, Owner};
+use crate::scope::ScopeSet;
 use crate::store::StoreError;
 use crate::tls::PeerInfo;
 use crate::token::TokenFormat;
@@ -199,11 +200,7 @@ pub async fn bearer<T>(
 ) -> Result<Arc<CachedToken>, Status> {
     let presented = bearer_token(request.metadata())?;
     // The peer is the client using the token (for its allowlist and last use).
-    let client = request
-        .extensions()
-        .get::<PeerInfo>()
-        .and_then(|peer| peer.remote_addr)
-        .map(|addr| addr.ip());
+    let client = peer_of(request).map(|addr| addr.ip());
     if presented.starts_with(SERVICE_CREDENTIAL_PREFIX) {
         return Err(Status::unauthenticated(
             "service credential is not recognised",
@@ -233,8 +230,16 @@ pub struct Caller {
     /// The scopes the caller may grant: a user's token's own, or all for a
     /// trusted caller.
     pub scopes: ScopeSet,
-    /// Who is calling, for logs (a token id, or `trusted:<name>`).
-    pub principal: String,
+    /// Who is calling and from where, for logs and the audit trail.
+    pub actor: Actor,
+}
+
+/// The address of the peer that sent `request`.
+pub fn peer_of<T>(request: &Request<T>) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|peer| peer.remote_addr)
 }
 
 fn act_as(metadata: &MetadataMap) -> Result<Option<Owner>, Status> {
@@ -257,14 +262,32 @@ fn act_as(metadata: &MetadataMap) -> Result<Option<Owner>, Status> {
     }
 }
 
+/// A refused management call: the status for the caller, and the owner it
+/// concerned when known (for the audit trail).
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: Status,
+    pub owner: Option<Owner>,
+}
+
+impl From<Status> for Refusal {
+    fn from(status: Status) -> Refusal {
+        Refusal {
+            status,
+            owner: None,
+        }
+    }
+}
+
 /// Authenticates a management call: a trusted caller acting for the owner named
 /// in `x-patd-act-as-*`, or the `authorization: Bearer <token>` of a token with
-/// the token-management scope. Messages say what is wrong but never echo a secret.
+/// the `scope` the call needs. Messages say what is wrong but never echo a secret.
 pub async fn authenticate<T>(
     verifier: &Verifier,
     callers: &Callers,
     request: &Request<T>,
-) -> Result<Caller, Status> {
+    scope: &str,
+) -> Result<Caller, Refusal> {
     let metadata = request.metadata();
     let acting_for = act_as(metadata)?;
     if let Some(name) = callers.identify(request) {
@@ -276,24 +299,30 @@ pub async fn authenticate<T>(
         return Ok(Caller {
             owner,
             scopes: ScopeSet::ALL,
-            principal: format!("trusted:{name}"),
+            actor: Actor::new(format!("trusted:{name}"), peer_of(request)),
         });
     }
     let token = bearer(verifier, request).await?;
     if acting_for.is_some() {
-        return Err(Status::permission_denied(format!(
-            "only trusted internal callers may act for another owner ({ACT_AS_SUBJECT})"
-        )));
+        return Err(Refusal {
+            status: Status::permission_denied(format!(
+                "only trusted internal callers may act for another owner ({ACT_AS_SUBJECT})"
+            )),
+            owner: Some(token.owner()),
+        });
     }
-    if !token.scopes.contains(MANAGE_TOKENS) {
-        return Err(Status::permission_denied(format!(
-            "the caller's token lacks the {MANAGE_TOKENS} scope"
-        )));
+    if !token.scopes.contains(scope) {
+        return Err(Refusal {
+            status: Status::permission_denied(format!(
+                "the caller's token lacks the {scope} scope"
+            )),
+            owner: Some(token.owner()),
+        });
     }
     Ok(Caller {
         owner: token.owner(),
         scopes: token.scopes,
-        principal: token.id().to_owned(),
+        actor: Actor::new(format!("token:{}", token.id()), peer_of(request)),
     })
 }
 

@@ -2,17 +2,18 @@
 
 use std::time::Duration;
 
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::cidr::CidrList;
 use crate::clock;
-use crate::grpc::auth::{Caller, Callers, authenticate, bearer};
+use crate::grpc::auth::{Caller, Callers, authenticate, bearer, peer_of};
 use crate::grpc::token_message;
-use crate::model::{Owner, TokenSpec, parse_scopes};
+use crate::model::{Actor, Owner, TokenSpec, parse_scopes};
+use crate::overload::RateLimit;
 use crate::proto;
 use crate::proto::token_service_server::TokenService;
-use crate::scope::CATALOG;
-use crate::store::{Cursor, Rotated};
+use crate::scope::{CATALOG, MANAGE_TOKENS, READ_EVENTS};
+use crate::store::{Cursor, Event, EventKind, Rotated};
 use crate::token::is_valid_id;
 use crate::verifier::Verifier;
 
@@ -22,7 +23,11 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 pub struct TokenApi {
     verifier: Verifier,
     callers: Callers,
+    denials: RateLimit,
 }
+
+/// Refused calls recorded per second, at most.
+pub const DENIALS_PER_SECOND: u32 = 50;
 
 impl TokenApi {
     async fn rotate(
@@ -31,7 +36,7 @@ impl TokenApi {
         id: String,
         expires_at: Option<i64>,
         grace: Duration,
-        principal: &str,
+        actor: Actor,
     ) -> Result<Response<proto::CreateTokenResponse>, Status> {
         let now = clock::now_micros();
         if let Some(expires_at) = expires_at
@@ -44,7 +49,7 @@ impl TokenApi {
         }
         let rotated = self
             .verifier
-            .rotate(owner, id.clone(), expires_at, grace)
+            .rotate(owner, id.clone(), expires_at, grace, actor.clone())
             .await?;
         let (record, secret) = match rotated {
             Ok(rotated) => rotated,
@@ -61,7 +66,7 @@ impl TokenApi {
                 )));
             }
         };
-        tracing::info!(token_id = %id, rotated_by = %principal, grace = ?grace, "token rotated");
+        tracing::info!(token_id = %id, rotated_by = %actor.principal, grace = ?grace, "token rotated");
         Ok(Response::new(proto::CreateTokenResponse {
             token: Some(token_message(record, now)),
             secret: secret.expose().to_owned(),
@@ -69,11 +74,47 @@ impl TokenApi {
     }
 
     pub fn new(verifier: Verifier, callers: Callers) -> TokenApi {
-        TokenApi { verifier, callers }
+        TokenApi {
+            verifier,
+            callers,
+            denials: RateLimit::new(DENIALS_PER_SECOND),
+        }
     }
 
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        authenticate(&self.verifier, &self.callers, request).await
+    /// The caller of `method`, which needs `scope`. A refusal is recorded in the
+    /// audit trail (at most [`DENIALS_PER_SECOND`] a second, so that a flood of
+    /// bad credentials cannot turn into a flood of writes).
+    async fn caller<T>(
+        &self,
+        request: &Request<T>,
+        method: &str,
+        scope: &str,
+    ) -> Result<Caller, Status> {
+        let refusal = match authenticate(&self.verifier, &self.callers, request, scope).await {
+            Ok(caller) => return Ok(caller),
+            Err(refusal) => refusal,
+        };
+        let status = refusal.status;
+        if matches!(
+            status.code(),
+            Code::Unauthenticated | Code::PermissionDenied
+        ) && self.denials.admit()
+        {
+            let event = Event {
+                seq: 0,
+                at: clock::now_micros(),
+                kind: EventKind::Denied,
+                token_id: None,
+                subject: refusal.owner.as_ref().map(|owner| owner.subject.clone()),
+                account: refusal.owner.map(|owner| owner.account),
+                actor: Actor::new("anonymous", peer_of(request)),
+                detail: format!("{method}: {}", status.message()),
+            };
+            if let Err(err) = self.verifier.store().record_event(&event).await {
+                tracing::warn!(error = %err, "could not record a refused call");
+            }
+        }
+        Err(status)
     }
 }
 
@@ -123,6 +164,30 @@ fn requested_grace(grace: Option<&prost_types::Duration>) -> Result<Duration, St
     Ok(grace)
 }
 
+fn page_cursor(page_token: &str) -> Result<Option<Cursor>, Status> {
+    match page_token {
+        "" => Ok(None),
+        token => Cursor::decode(token).map(Some).ok_or_else(|| {
+            Status::invalid_argument(
+                "page_token is malformed: pass next_page_token from the previous response unchanged",
+            )
+        }),
+    }
+}
+
+fn event_message(event: Event) -> proto::TokenEvent {
+    proto::TokenEvent {
+        time: Some(clock::to_timestamp(event.at)),
+        kind: event.kind.as_str().to_owned(),
+        token_id: event.token_id.unwrap_or_default(),
+        subject: event.subject.unwrap_or_default(),
+        account: event.account.unwrap_or_default(),
+        actor: event.actor.principal,
+        peer: event.actor.peer,
+        detail: event.detail,
+    }
+}
+
 fn not_found(id: &str) -> Status {
     Status::not_found(format!("no token with id {id}"))
 }
@@ -145,7 +210,7 @@ impl TokenService for TokenApi {
         &self,
         request: Request<proto::CreateTokenRequest>,
     ) -> Result<Response<proto::CreateTokenResponse>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = self.caller(&request, "CreateToken", MANAGE_TOKENS).await?;
         let request = request.into_inner();
         let expires_at = requested_expiry(request.expires_at.as_ref())?;
         let allowed_cidrs = CidrList::parse(&request.allowed_cidrs)?;
@@ -166,8 +231,8 @@ impl TokenService for TokenApi {
             allowed_cidrs,
         };
         let (new, secret) = spec.issue(self.verifier.format(), caller.owner, now)?;
-        self.verifier.store().insert(&new).await?;
-        tracing::info!(token_id = %new.record.id, created_by = %caller.principal, "token created");
+        self.verifier.store().insert(&new, &caller.actor).await?;
+        tracing::info!(token_id = %new.record.id, created_by = %caller.actor.principal, "token created");
         Ok(Response::new(proto::CreateTokenResponse {
             token: Some(token_message(new.record, now)),
             secret: secret.expose().to_owned(),
@@ -179,7 +244,7 @@ impl TokenService for TokenApi {
         &self,
         request: Request<proto::GetTokenRequest>,
     ) -> Result<Response<proto::Token>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = self.caller(&request, "GetToken", MANAGE_TOKENS).await?;
         let id = requested_id(&request.get_ref().id)?;
         let record = self.verifier.store().get(&caller.owner, id).await?;
         let record = record.ok_or_else(|| not_found(id))?;
@@ -191,17 +256,10 @@ impl TokenService for TokenApi {
         &self,
         request: Request<proto::ListTokensRequest>,
     ) -> Result<Response<proto::ListTokensResponse>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = self.caller(&request, "ListTokens", MANAGE_TOKENS).await?;
         let request = request.into_inner();
         let page_size = page_size(request.page_size)?;
-        let cursor = match request.page_token.as_str() {
-            "" => None,
-            token => Some(Cursor::decode(token).ok_or_else(|| {
-                Status::invalid_argument(
-                    "page_token is malformed: pass next_page_token from the previous response unchanged",
-                )
-            })?),
-        };
+        let cursor = page_cursor(&request.page_token)?;
         let page = self
             .verifier
             .store()
@@ -223,15 +281,21 @@ impl TokenService for TokenApi {
         &self,
         request: Request<proto::RevokeTokenRequest>,
     ) -> Result<Response<proto::Token>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = self.caller(&request, "RevokeToken", MANAGE_TOKENS).await?;
         let id = requested_id(&request.get_ref().id)?;
         let now = clock::now_micros();
         let revoked = self
             .verifier
-            .revoke(caller.owner, id.to_owned(), now)
+            .revoke(
+                caller.owner,
+                id.to_owned(),
+                now,
+                caller.actor.clone(),
+                EventKind::Revoked,
+            )
             .await?;
         let record = revoked.ok_or_else(|| not_found(id))?;
-        tracing::info!(token_id = %id, revoked_by = %caller.principal, "token revoked");
+        tracing::info!(token_id = %id, revoked_by = %caller.actor.principal, "token revoked");
         Ok(Response::new(token_message(record, now)))
     }
 
@@ -240,12 +304,12 @@ impl TokenService for TokenApi {
         &self,
         request: Request<proto::RotateTokenRequest>,
     ) -> Result<Response<proto::CreateTokenResponse>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = self.caller(&request, "RotateToken", MANAGE_TOKENS).await?;
         let request = request.into_inner();
         let id = requested_id(&request.id)?.to_owned();
         let expires_at = requested_expiry(request.expires_at.as_ref())?;
         let grace = requested_grace(request.grace_period.as_ref())?;
-        self.rotate(caller.owner, id, expires_at, grace, &caller.principal)
+        self.rotate(caller.owner, id, expires_at, grace, caller.actor)
             .await
     }
 
@@ -255,16 +319,16 @@ impl TokenService for TokenApi {
         request: Request<proto::RotateSelfRequest>,
     ) -> Result<Response<proto::CreateTokenResponse>, Status> {
         let token = bearer(&self.verifier, &request).await?;
+        let actor = Actor::new(format!("token:{}", token.id()), peer_of(&request));
         let request = request.into_inner();
         let expires_at = requested_expiry(request.expires_at.as_ref())?;
         let grace = requested_grace(request.grace_period.as_ref())?;
-        let principal = token.id().to_owned();
         self.rotate(
             token.owner(),
-            principal.clone(),
+            token.id().to_owned(),
             expires_at,
             grace,
-            &principal,
+            actor,
         )
         .await
     }
@@ -287,16 +351,42 @@ impl TokenService for TokenApi {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn list_token_events(
+        &self,
+        request: Request<proto::ListTokenEventsRequest>,
+    ) -> Result<Response<proto::ListTokenEventsResponse>, Status> {
+        let caller = self
+            .caller(&request, "ListTokenEvents", READ_EVENTS)
+            .await?;
+        let request = request.into_inner();
+        let page_size = page_size(request.page_size)?;
+        let cursor = page_cursor(&request.page_token)?;
+        let page = self
+            .verifier
+            .store()
+            .list_events(Some(&caller.owner.account), cursor, page_size)
+            .await?;
+        Ok(Response::new(proto::ListTokenEventsResponse {
+            events: page.events.into_iter().map(event_message).collect(),
+            next_page_token: page.next.map(Cursor::encode).unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn delete_token(
         &self,
         request: Request<proto::DeleteTokenRequest>,
     ) -> Result<Response<proto::DeleteTokenResponse>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = self.caller(&request, "DeleteToken", MANAGE_TOKENS).await?;
         let id = requested_id(&request.get_ref().id)?;
-        if !self.verifier.delete(caller.owner, id.to_owned()).await? {
+        if !self
+            .verifier
+            .delete(caller.owner, id.to_owned(), caller.actor.clone())
+            .await?
+        {
             return Err(not_found(id));
         }
-        tracing::info!(token_id = %id, deleted_by = %caller.principal, "token deleted");
+        tracing::info!(token_id = %id, deleted_by = %caller.actor.principal, "token deleted");
         Ok(Response::new(proto::DeleteTokenResponse {}))
     }
 

@@ -17,7 +17,7 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::cidr::CidrList;
 use crate::metrics::Histogram;
-use crate::model::{NewToken, Owner, TokenRecord, TokenState};
+use crate::model::{Actor, NewToken, Owner, TokenRecord, TokenState};
 use crate::scope::ScopeSet;
 use crate::token::SecretHash;
 
@@ -330,7 +330,7 @@ pub struct Store {
     reachable: Arc<AtomicBool>,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 struct TokenRow {
     seq: i64,
     id: String,
@@ -385,6 +385,119 @@ pub struct StoredToken {
     pub record: TokenRecord,
 }
 
+/// What happened to a token, in the audit trail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    Rotated,
+    Revoked,
+    Deleted,
+    /// A retired secret was presented after its grace period; the token was revoked.
+    ReuseDetected,
+    /// A valid token was reported as leaked and revoked.
+    LeakReported,
+    /// A management call was refused (bad credential, missing scope).
+    Denied,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 7] = [
+        EventKind::Created,
+        EventKind::Rotated,
+        EventKind::Revoked,
+        EventKind::Deleted,
+        EventKind::ReuseDetected,
+        EventKind::LeakReported,
+        EventKind::Denied,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Rotated => "rotated",
+            EventKind::Revoked => "revoked",
+            EventKind::Deleted => "deleted",
+            EventKind::ReuseDetected => "reuse_detected",
+            EventKind::LeakReported => "leak_reported",
+            EventKind::Denied => "denied",
+        }
+    }
+}
+
+/// One entry of the audit trail. Nothing in it is secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub seq: i64,
+    pub at: i64,
+    pub kind: EventKind,
+    pub token_id: Option<String>,
+    pub subject: Option<String>,
+    pub account: Option<String>,
+    pub actor: Actor,
+    pub detail: String,
+}
+
+impl Event {
+    /// An event about `token`, by `actor`, at `at`.
+    pub fn about(
+        kind: EventKind,
+        token: &TokenRecord,
+        actor: &Actor,
+        at: i64,
+        detail: String,
+    ) -> Event {
+        Event {
+            seq: 0,
+            at,
+            kind,
+            token_id: Some(token.id.clone()),
+            subject: Some(token.owner.subject.clone()),
+            account: Some(token.owner.account.clone()),
+            actor: actor.clone(),
+            detail,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    seq: i64,
+    at: i64,
+    kind: String,
+    token_id: Option<String>,
+    subject: Option<String>,
+    account: Option<String>,
+    actor: String,
+    peer: String,
+    detail: String,
+}
+
+impl EventRow {
+    fn into_event(self) -> Option<Event> {
+        let kind = EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == self.kind)?;
+        Some(Event {
+            seq: self.seq,
+            at: self.at,
+            kind,
+            token_id: self.token_id,
+            subject: self.subject,
+            account: self.account,
+            actor: Actor {
+                principal: self.actor,
+                peer: self.peer,
+            },
+            detail: self.detail,
+        })
+    }
+}
+
+pub struct EventPage {
+    pub events: Vec<Event>,
+    pub next: Option<Cursor>,
+}
+
 /// A token found by a secret's hash.
 #[derive(Debug)]
 pub struct HashMatch {
@@ -413,6 +526,7 @@ pub struct Rotation<'a> {
     pub expires_at: Option<i64>,
     /// Until when the old secret keeps working (`now`: not at all).
     pub grace_until: i64,
+    pub actor: &'a Actor,
 }
 
 pub enum Rotated {
@@ -497,6 +611,28 @@ macro_rules! select {
     ($($rest:literal),+) => {
         concat!("SELECT ", columns!(), " FROM tokens ", $($rest),+)
     };
+}
+
+/// Appends `$event` (an [`Event`]) to the audit trail through `$executor`, inside
+/// an [`on_pool!`] body (so compiled once per backend).
+macro_rules! insert_event {
+    ($executor:expr, $event:expr) => {{
+        let event: &Event = $event;
+        sqlx::query(
+            "INSERT INTO token_events (at, kind, token_id, subject, account, actor, peer, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(event.at)
+        .bind(event.kind.as_str())
+        .bind(&event.token_id)
+        .bind(&event.subject)
+        .bind(&event.account)
+        .bind(&event.actor.principal)
+        .bind(&event.actor.peer)
+        .bind(&event.detail)
+        .execute($executor)
+        .await?;
+    }};
 }
 
 /// `INSERT ... VALUES` rows per statement: 11 parameters each stays well inside
@@ -666,14 +802,17 @@ impl Store {
         on_pool!(self, pool => pool.close().await)
     }
 
+    /// Stores a new token and its `created` event, in one transaction.
     #[tracing::instrument(skip_all, fields(token_id = %new.record.id))]
-    pub async fn insert(&self, new: &NewToken) -> StoreResult<()> {
-        self.insert_many(std::slice::from_ref(new)).await
+    pub async fn insert(&self, new: &NewToken, actor: &Actor) -> StoreResult<()> {
+        self.insert_many(std::slice::from_ref(new), Some(actor))
+            .await
     }
 
-    /// Inserts all of `tokens` in one transaction, many rows per statement.
+    /// Inserts all of `tokens` in one transaction, many rows per statement, with a
+    /// `created` event each when `actor` is given.
     #[tracing::instrument(skip_all, fields(count = tokens.len()))]
-    pub async fn insert_many(&self, tokens: &[NewToken]) -> StoreResult<()> {
+    pub async fn insert_many(&self, tokens: &[NewToken], actor: Option<&Actor>) -> StoreResult<()> {
         const COLUMNS: &str = "INSERT INTO tokens (id, secret_hash, name, subject, account, \
             scopes, hint, created_at, expires_at, revoked_at, allowed_cidrs) VALUES ";
         timed!(self, pool => async {
@@ -698,6 +837,14 @@ impl Store {
                 }
                 StoreStats::count(&self.stats.writes);
                 query.execute(&mut *tx).await?;
+            }
+            if let Some(actor) = actor {
+                for new in tokens {
+                    let token = &new.record;
+                    let detail = format!("scopes {}", token.scopes.to_stored());
+                    let event = Event::about(EventKind::Created, token, actor, token.created_at, detail);
+                    insert_event!(&mut *tx, &event);
+                }
             }
             tx.commit().await
         }
@@ -763,6 +910,7 @@ impl Store {
             now,
             expires_at,
             grace_until,
+            actor,
         } = rotation;
         StoreStats::count(&self.stats.writes);
         Ok(timed!(self, pool => async {
@@ -800,6 +948,10 @@ impl Store {
                 .bind(grace_until)
                 .execute(&mut *tx)
                 .await?;
+            let record: TokenRecord = replaced.clone().into();
+            let grace = (grace_until - now) / 1_000_000;
+            let event = Event::about(EventKind::Rotated, &record, actor, *now, format!("grace {grace}s"));
+            insert_event!(&mut *tx, &event);
             tx.commit().await?;
             Ok(Rotated::Done {
                 record: Box::new(replaced.into()),
@@ -943,6 +1095,8 @@ impl Store {
         owner: &Owner,
         id: &str,
         now: i64,
+        actor: &Actor,
+        kind: EventKind,
     ) -> StoreResult<Option<(TokenRecord, SecretHash)>> {
         const SQL: &str = concat!(
             "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) ",
@@ -951,30 +1105,116 @@ impl Store {
             ", secret_hash"
         );
         StoreStats::count(&self.stats.writes);
-        let row: Option<HashedTokenRow> = timed!(self, pool => sqlx::query_as(SQL)
-            .bind(now)
-            .bind(id)
-            .bind(&owner.account)
-            .bind(&owner.subject)
-            .fetch_optional(pool)
-            .await)?;
+        let row: Option<HashedTokenRow> = timed!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let row: Option<HashedTokenRow> = sqlx::query_as(SQL)
+                .bind(now)
+                .bind(id)
+                .bind(&owner.account)
+                .bind(&owner.subject)
+                .fetch_optional(&mut *tx)
+                .await?;
+            // Only the revocation that took effect is recorded, not repeats.
+            if let Some(row) = row.as_ref().filter(|row| row.token.revoked_at == Some(now)) {
+                let record: TokenRecord = row.token.clone().into();
+                let event = Event::about(kind, &record, actor, now, String::new());
+                insert_event!(&mut *tx, &event);
+            }
+            tx.commit().await?;
+            Ok(row)
+        }
+        .await)?;
         Ok(row.map(|row| (row.token.into(), row.secret_hash)))
     }
 
-    /// Deletes `owner`'s token; its secret's hash if there was one.
+    /// Deletes `owner`'s token (and its `deleted` event, in one transaction); its
+    /// secret's hash if there was one.
     #[tracing::instrument(skip_all, fields(token_id = %id))]
-    pub async fn delete(&self, owner: &Owner, id: &str) -> StoreResult<Option<SecretHash>> {
+    pub async fn delete(
+        &self,
+        owner: &Owner,
+        id: &str,
+        actor: &Actor,
+        now: i64,
+    ) -> StoreResult<Option<SecretHash>> {
         const SQL: &str = "DELETE FROM tokens WHERE id = $1 AND account = $2 AND subject = $3 RETURNING secret_hash";
         StoreStats::count(&self.stats.writes);
-        let row: Option<(Vec<u8>,)> = timed!(self, pool => sqlx::query_as(SQL)
-            .bind(id)
-            .bind(&owner.account)
-            .bind(&owner.subject)
-            .fetch_optional(pool)
-            .await)?;
+        let row: Option<(Vec<u8>,)> = timed!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let row: Option<(Vec<u8>,)> = sqlx::query_as(SQL)
+                .bind(id)
+                .bind(&owner.account)
+                .bind(&owner.subject)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if row.is_some() {
+                let event = Event {
+                    seq: 0,
+                    at: now,
+                    kind: EventKind::Deleted,
+                    token_id: Some(id.to_owned()),
+                    subject: Some(owner.subject.clone()),
+                    account: Some(owner.account.clone()),
+                    actor: actor.clone(),
+                    detail: String::new(),
+                };
+                insert_event!(&mut *tx, &event);
+            }
+            tx.commit().await?;
+            Ok(row)
+        }
+        .await)?;
         row.map(|(bytes,)| SecretHash::try_from(bytes))
             .transpose()
             .map_err(|err| StoreError::Failed(sqlx::Error::Decode(Box::new(err))))
+    }
+
+    /// Appends one event outside any other change (denials, leak reports).
+    pub async fn record_event(&self, event: &Event) -> StoreResult<()> {
+        StoreStats::count(&self.stats.writes);
+        timed!(self, pool => async {
+            insert_event!(pool, event);
+            Ok::<(), sqlx::Error>(())
+        }
+        .await)?;
+        Ok(())
+    }
+
+    /// Events newest first: of `account`, or of every account.
+    pub async fn list_events(
+        &self,
+        account: Option<&str>,
+        cursor: Option<Cursor>,
+        page_size: u32,
+    ) -> StoreResult<EventPage> {
+        const COLUMNS: &str = "SELECT seq, at, kind, token_id, subject, account, actor, peer, detail FROM token_events ";
+        let before = cursor.map_or(i64::MAX, |cursor| cursor.0);
+        let limit = i64::from(page_size) + 1;
+        let mut rows: Vec<EventRow> = match account {
+            Some(account) => timed!(self, pool => sqlx::query_as(&format!(
+                "{COLUMNS}WHERE seq < $1 AND account = $2 ORDER BY seq DESC LIMIT $3"
+            ))
+            .bind(before)
+            .bind(account)
+            .bind(limit)
+            .fetch_all(pool)
+            .await),
+            None => timed!(self, pool => sqlx::query_as(&format!(
+                "{COLUMNS}WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
+            ))
+            .bind(before)
+            .bind(limit)
+            .fetch_all(pool)
+            .await),
+        }?;
+        let next = (rows.len() > page_size as usize).then(|| {
+            rows.truncate(page_size as usize);
+            Cursor(rows.last().map_or(0, |row| row.seq))
+        });
+        Ok(EventPage {
+            events: rows.into_iter().filter_map(EventRow::into_event).collect(),
+            next,
+        })
     }
 
     /// Revokes and deletes recorded since `mark` (see [`ChangeMark`]; the default

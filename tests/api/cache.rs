@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 
 use patd::cache::CacheSettings;
 use patd::clock;
+use patd::model::Actor;
 use patd::proto::introspection_service_client::IntrospectionServiceClient;
 use patd::proto::{
     DeleteTokenRequest, GetTokenRequest, IntrospectRequest, IntrospectResponse, ListTokensRequest,
     RevokeTokenRequest,
 };
 use patd::server::ServerSettings;
+use patd::store::EventKind;
 use patd::verifier::{Inactive, Lane, Verifier};
 
 use crate::backend_tests;
@@ -199,12 +201,19 @@ async fn changes_by_other_processes_arrive_within_the_poll_interval(app: TestApp
             &revoked_record.owner,
             &revoked_record.id,
             clock::now_micros(),
+            &Actor::operator(),
+            EventKind::Revoked,
         )
         .await
         .unwrap()
         .unwrap();
     other
-        .delete(&deleted_record.owner, &deleted_record.id)
+        .delete(
+            &deleted_record.owner,
+            &deleted_record.id,
+            &Actor::operator(),
+            clock::now_micros(),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -352,7 +361,13 @@ async fn postgres_a_revoke_committed_late_still_arrives() {
     let other = TestApp::connect_store(&app.database_url).await;
     let owner = &early_record.owner;
     other
-        .revoke(owner, &early_record.id, clock::now_micros())
+        .revoke(
+            owner,
+            &early_record.id,
+            clock::now_micros(),
+            &Actor::operator(),
+            EventKind::Revoked,
+        )
         .await
         .unwrap()
         .unwrap();

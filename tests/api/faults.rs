@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use patd::model::Actor;
 use patd::proto::{GetTokenRequest, IntrospectRequest, ListScopesRequest};
 use patd::store::{DatabaseUrl, Store};
 use tonic::Code;
@@ -71,7 +72,7 @@ async fn mint_with(store: &Store, app: &TestApp) -> (String, patd::model::TokenR
     let (new, secret) = spec
         .issue(&app.format, owner, patd::clock::now_micros())
         .unwrap();
-    store.insert(&new).await.unwrap();
+    store.insert(&new, &Actor::operator()).await.unwrap();
     (secret.expose().to_owned(), new.record)
 }
 

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use patd::clock;
-use patd::model::{Owner, TokenRecord, TokenSpec, parse_scopes};
+use patd::model::{Actor, Owner, TokenRecord, TokenSpec, parse_scopes};
 use patd::proto::introspection_service_client::IntrospectionServiceClient;
 use patd::proto::token_service_client::TokenServiceClient;
 use patd::proto::{IntrospectRequest, IntrospectResponse};
 use patd::server::{self, ServerSettings};
-use patd::store::{Connect, DatabaseUrl, Store, StoreOptions};
+use patd::store::{Connect, DatabaseUrl, EventKind, Store, StoreOptions};
 use patd::telemetry::{self, LogFormat};
 use patd::tls::TlsReloader;
 use patd::token::TokenFormat;
@@ -318,7 +318,7 @@ impl TestApp {
         let (new, secret) = spec
             .issue(&self.format, owner, clock::now_micros())
             .unwrap();
-        self.store.insert(&new).await.unwrap();
+        self.store.insert(&new, &Actor::operator()).await.unwrap();
         (secret.expose().to_owned(), new.record)
     }
 
@@ -331,7 +331,13 @@ impl TestApp {
         let (secret, record) = self.mint(owner, scopes, None).await;
         let revoked = self
             .store
-            .revoke(&record.owner, &record.id, clock::now_micros())
+            .revoke(
+                &record.owner,
+                &record.id,
+                clock::now_micros(),
+                &Actor::operator(),
+                EventKind::Revoked,
+            )
             .await;
         assert!(revoked.unwrap().is_some());
         (secret, record)

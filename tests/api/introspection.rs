@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use patd::clock;
+use patd::model::Actor;
 use patd::proto::{IntrospectRequest, IntrospectResponse};
 use tonic::Code;
 
@@ -92,7 +93,12 @@ async fn bad_tokens_are_inactive_with_nothing_else_said(app: TestApp) {
     let (deleted, deleted_record) = app.mint(("alice", "acme"), &["license:read"], None).await;
     let deleted_hash = app
         .store
-        .delete(&deleted_record.owner, &deleted_record.id)
+        .delete(
+            &deleted_record.owner,
+            &deleted_record.id,
+            &Actor::operator(),
+            clock::now_micros(),
+        )
         .await;
     assert!(deleted_hash.unwrap().is_some());
     let (expired, _) = app

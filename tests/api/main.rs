@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod audit;
 mod cache;
 mod chart;
 mod cli;
