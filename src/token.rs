@@ -41,7 +41,7 @@ impl fmt::Debug for Secret {
 }
 
 /// The hash under which a secret is stored and looked up.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SecretHash(pub [u8; 32]);
 
 impl SecretHash {

@@ -227,6 +227,54 @@ impl Verifier {
         Ok(revoked.map(|record| CachedToken::uncached(seq, &record)))
     }
 
+    /// Revokes every token among `presented` that is valid (current or retired
+    /// secret), recording `detail` in each one's `leak_reported` event; how many.
+    /// Malformed and unknown tokens are skipped alike.
+    pub async fn revoke_leaked(
+        &self,
+        presented: Vec<String>,
+        actor: Actor,
+        detail: String,
+    ) -> StoreResult<usize> {
+        let this = self.clone();
+        run_to_completion(async move {
+            let inner = &*this.inner;
+            let hashes: HashSet<SecretHash> = presented
+                .iter()
+                .filter_map(|token| inner.format.parse(token.trim()))
+                .collect();
+            let mut revoked = 0;
+            for hash in hashes {
+                let Some(found) = inner.store.find_by_hash(&hash).await? else {
+                    continue;
+                };
+                let record = found.stored.record;
+                if record.revoked_at.is_some() {
+                    continue;
+                }
+                let now = clock::now_micros();
+                let done = inner
+                    .store
+                    .revoke_with_detail(
+                        &record.owner,
+                        &record.id,
+                        now,
+                        &actor,
+                        EventKind::LeakReported,
+                        &detail,
+                    )
+                    .await?;
+                if let Some((_, current)) = done {
+                    inner.cache.invalidate(&current);
+                    inner.cache.invalidate(&hash);
+                    revoked += 1;
+                }
+            }
+            Ok(revoked)
+        })
+        .await
+    }
+
     /// Gives `owner`'s token `id` a fresh secret (see [`Store::rotate`]) and drops
     /// the old one from this process's cache before returning.
     pub async fn rotate(

@@ -1,5 +1,6 @@
 //! `pat.v1.TokenService`: the caller's own tokens.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tonic::{Code, Request, Response, Status};
@@ -9,7 +10,7 @@ use crate::clock;
 use crate::grpc::auth::{Caller, Callers, authenticate, bearer, peer_of};
 use crate::grpc::token_message;
 use crate::model::{Actor, Owner, TokenSpec, parse_scopes};
-use crate::overload::RateLimit;
+use crate::overload::{KeyedRateLimit, RateLimit};
 use crate::proto;
 use crate::proto::token_service_server::TokenService;
 use crate::scope::{CATALOG, MANAGE_TOKENS, READ_EVENTS};
@@ -24,7 +25,14 @@ pub struct TokenApi {
     verifier: Verifier,
     callers: Callers,
     denials: RateLimit,
+    leak_reports: KeyedRateLimit<Option<IpAddr>>,
 }
+
+/// Tokens per leak report, at most.
+pub const MAX_LEAKED_TOKENS: usize = 1000;
+/// Leak reports per minute from one address.
+pub const LEAK_REPORTS_PER_MINUTE: u32 = 30;
+const MAX_SOURCE_CHARS: usize = 200;
 
 /// Refused calls recorded per second, at most.
 pub const DENIALS_PER_SECOND: u32 = 50;
@@ -78,6 +86,11 @@ impl TokenApi {
             verifier,
             callers,
             denials: RateLimit::new(DENIALS_PER_SECOND),
+            leak_reports: KeyedRateLimit::new(
+                LEAK_REPORTS_PER_MINUTE,
+                Duration::from_secs(60),
+                10_000,
+            ),
         }
     }
 
@@ -348,6 +361,41 @@ impl TokenService for TokenApi {
         let record =
             record.ok_or_else(|| Status::unauthenticated("bearer token is not recognised"))?;
         Ok(Response::new(token_message(record, clock::now_micros())))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn report_leaked_tokens(
+        &self,
+        request: Request<proto::ReportLeakedTokensRequest>,
+    ) -> Result<Response<proto::ReportLeakedTokensResponse>, Status> {
+        let peer = peer_of(&request);
+        let peer_ip = peer.map(|addr| addr.ip());
+        if !self.leak_reports.admit(&peer_ip) {
+            return Err(Status::resource_exhausted(format!(
+                "at most {LEAK_REPORTS_PER_MINUTE} leak reports a minute from one address; retry later"
+            )));
+        }
+        let request = request.into_inner();
+        if request.tokens.len() > MAX_LEAKED_TOKENS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_LEAKED_TOKENS} tokens per report (got {}); split it",
+                request.tokens.len()
+            )));
+        }
+        let source: String = request.source.chars().take(MAX_SOURCE_CHARS).collect();
+        let actor = Actor::new("anonymous", peer);
+        let revoked = self
+            .verifier
+            .revoke_leaked(
+                request.tokens.clone(),
+                actor,
+                format!("reported leaked: {source}"),
+            )
+            .await?;
+        tracing::info!(received = request.tokens.len(), revoked, "leak report");
+        Ok(Response::new(proto::ReportLeakedTokensResponse {
+            received: i32::try_from(request.tokens.len()).unwrap_or(i32::MAX),
+        }))
     }
 
     #[tracing::instrument(skip_all)]

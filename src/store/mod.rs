@@ -1098,6 +1098,20 @@ impl Store {
         actor: &Actor,
         kind: EventKind,
     ) -> StoreResult<Option<(TokenRecord, SecretHash)>> {
+        self.revoke_with_detail(owner, id, now, actor, kind, "")
+            .await
+    }
+
+    /// [`Store::revoke`], with `detail` in the event.
+    pub async fn revoke_with_detail(
+        &self,
+        owner: &Owner,
+        id: &str,
+        now: i64,
+        actor: &Actor,
+        kind: EventKind,
+        detail: &str,
+    ) -> StoreResult<Option<(TokenRecord, SecretHash)>> {
         const SQL: &str = concat!(
             "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) ",
             "WHERE id = $2 AND account = $3 AND subject = $4 RETURNING ",
@@ -1117,7 +1131,7 @@ impl Store {
             // Only the revocation that took effect is recorded, not repeats.
             if let Some(row) = row.as_ref().filter(|row| row.token.revoked_at == Some(now)) {
                 let record: TokenRecord = row.token.clone().into();
-                let event = Event::about(kind, &record, actor, now, String::new());
+                let event = Event::about(kind, &record, actor, now, detail.to_owned());
                 insert_event!(&mut *tx, &event);
             }
             tx.commit().await?;

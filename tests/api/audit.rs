@@ -3,7 +3,7 @@
 
 use patd::proto::{
     CreateTokenRequest, DeleteTokenRequest, ListTokenEventsRequest, ListTokensRequest,
-    RevokeTokenRequest, RotateTokenRequest, TokenEvent,
+    ReportLeakedTokensRequest, RevokeTokenRequest, RotateTokenRequest, TokenEvent,
 };
 use tonic::Code;
 
@@ -92,7 +92,9 @@ async fn every_change_and_refusal_is_recorded_for_the_account(app: TestApp) {
     // The manager's and bob's tokens were minted by the operator (created too).
     assert_eq!(
         kinds,
-        ["denied", "created", "deleted", "revoked", "rotated", "created", "created"],
+        [
+            "denied", "created", "deleted", "revoked", "rotated", "created", "created"
+        ],
         "newest first, every page"
     );
     assert_eq!(trail[1].actor, "operator");
@@ -179,7 +181,89 @@ async fn reuse_and_operator_actions_are_attributed(app: TestApp) {
     assert_eq!(operator.actor, "operator");
 }
 
+async fn reported_leaks_are_revoked_and_the_answer_reveals_nothing(app: TestApp) {
+    let reader = app.manager("alice", &["eventLog:read"]).await;
+    let (leaked, leaked_record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    let (kept, _) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    assert!(app.is_active(&leaked).await, "cached before the report");
+    let unknown = app.format.generate().expose().to_owned();
+    let mut tokens = app.tokens().await;
+
+    // No credential; junk, unknown and valid tokens side by side, as found.
+    let report = |tokens: Vec<String>| ReportLeakedTokensRequest {
+        tokens,
+        source: "https://github.com/example/repo/blob/main/.env".to_owned(),
+    };
+    let with_valid = tokens
+        .report_leaked_tokens(report(vec![
+            format!("  {leaked}\n"),
+            unknown.clone(),
+            "AKIAIOSFODNN7EXAMPLE".to_owned(),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let without_valid = tokens
+        .report_leaked_tokens(report(vec![
+            unknown.clone(),
+            "x".to_owned(),
+            "y".to_owned(),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        with_valid, without_valid,
+        "the same answer whatever was valid"
+    );
+    assert_eq!(with_valid.received, 3);
+
+    assert!(
+        !app.is_active(&leaked).await,
+        "revoked at once, cache included"
+    );
+    assert!(app.is_active(&kept).await, "other tokens untouched");
+    let trail = events(&app, &reader, 50).await;
+    let event = trail
+        .iter()
+        .find(|event| event.kind == "leak_reported")
+        .expect("the revocation is recorded");
+    assert_eq!(event.token_id, leaked_record.id);
+    assert_eq!(event.actor, "anonymous");
+    assert!(
+        event.detail.contains("github.com/example/repo"),
+        "{}",
+        event.detail
+    );
+
+    let too_many = tokens
+        .report_leaked_tokens(report(vec!["x".to_owned(); 1001]))
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), Code::InvalidArgument);
+}
+
+async fn leak_reports_are_rate_limited_per_peer(app: TestApp) {
+    let mut tokens = app.tokens().await;
+    let request = || ReportLeakedTokensRequest {
+        tokens: vec!["patd_nothing".to_owned()],
+        source: String::new(),
+    };
+    let mut refused = None;
+    for sent in 0..100 {
+        if let Err(status) = tokens.report_leaked_tokens(request()).await {
+            refused = Some((sent, status));
+            break;
+        }
+    }
+    let (sent, status) = refused.expect("a flood is refused");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(sent, 30, "the documented limit, 30 a minute");
+}
+
 backend_tests!(
     every_change_and_refusal_is_recorded_for_the_account,
     reuse_and_operator_actions_are_attributed,
+    reported_leaks_are_revoked_and_the_answer_reveals_nothing,
+    leak_reports_are_rate_limited_per_peer,
 );
