@@ -173,7 +173,7 @@ async fn seed(store: &Store, fixture: &Fixture, tokens: u64) -> Result<(), Box<d
         let batch: Vec<NewToken> = (next..end)
             .map(|index| bench_token(fixture, index, scopes, now))
             .collect();
-        store.insert_many(&batch, None).await?;
+        store.insert_many(&batch, None, None).await?;
         next = end;
         if next.is_multiple_of(100_000) || next == tokens {
             eprintln!("seed: {next}/{tokens} tokens ({:.1?})", started.elapsed());

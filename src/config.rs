@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::grpc::auth::{Callers, IntrospectionCallers, TrustedCallerConfig};
+use crate::policy::{Policy, PolicyConfig};
 use crate::server::ServerSettings;
 use crate::store::{DatabaseUrl, StoreOptions};
 use crate::telemetry::LogFormat;
@@ -58,6 +59,8 @@ struct FileConfig {
     #[serde(default)]
     trusted_callers: Vec<TrustedCallerConfig>,
     introspection_callers: Option<IntrospectionCallers>,
+    #[serde(default)]
+    policy: PolicyConfig,
 }
 
 /// Values from flags or the environment; `None` falls through to the file.
@@ -282,6 +285,7 @@ impl Config {
             }
         }
         server.callers = callers;
+        server.policy = Policy::new(&file.policy)?;
         server.ext_authz_remove_authorization = overrides
             .ext_authz_remove_authorization
             .or(file.ext_authz_remove_authorization)

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod model;
 pub mod overload;
+pub mod policy;
 pub mod scope;
 pub mod server;
 pub mod store;

@@ -17,6 +17,7 @@ use crate::grpc::introspection::IntrospectionApi;
 use crate::grpc::tokens::TokenApi;
 use crate::metrics;
 use crate::overload::ShedLayer;
+use crate::policy::Policy;
 use crate::proto::introspection_service_server::IntrospectionServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::store::{Store, StoreError};
@@ -64,6 +65,8 @@ pub struct ServerSettings {
     pub ext_authz_remove_authorization: bool,
     /// Trusted internal callers, and who may call Introspect and Check.
     pub callers: Callers,
+    /// Lifetimes and token counts allowed per account.
+    pub policy: Policy,
 }
 
 impl Default for ServerSettings {
@@ -83,6 +86,7 @@ impl Default for ServerSettings {
             limits: Limits::default(),
             ext_authz_remove_authorization: false,
             callers: Callers::default(),
+            policy: Policy::default(),
         }
     }
 }
@@ -391,8 +395,12 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            TokenServiceServer::new(TokenApi::new(verifier.clone(), settings.callers.clone()))
-                .max_decoding_message_size(limits.max_message_bytes),
+            TokenServiceServer::new(TokenApi::new(
+                verifier.clone(),
+                settings.callers.clone(),
+                settings.policy.clone(),
+            ))
+            .max_decoding_message_size(limits.max_message_bytes),
         )
         .add_service(
             IntrospectionServiceServer::new(IntrospectionApi::new(

@@ -11,6 +11,7 @@ use crate::grpc::auth::{Caller, Callers, authenticate, bearer, peer_of};
 use crate::grpc::token_message;
 use crate::model::{Actor, Owner, TokenSpec, parse_scopes};
 use crate::overload::{KeyedRateLimit, RateLimit};
+use crate::policy::Policy;
 use crate::proto;
 use crate::proto::token_service_server::TokenService;
 use crate::scope::{CATALOG, MANAGE_TOKENS, READ_EVENTS};
@@ -25,6 +26,7 @@ pub struct TokenApi {
     verifier: Verifier,
     callers: Callers,
     denials: RateLimit,
+    policy: Policy,
     leak_reports: KeyedRateLimit<Option<IpAddr>>,
 }
 
@@ -47,13 +49,17 @@ impl TokenApi {
         actor: Actor,
     ) -> Result<Response<proto::CreateTokenResponse>, Status> {
         let now = clock::now_micros();
-        if let Some(expires_at) = expires_at
-            && expires_at <= now
-        {
-            return Err(Status::invalid_argument(format!(
-                "expires_at {} is not in the future",
-                clock::rfc3339(expires_at)
-            )));
+        if let Some(expires_at) = expires_at {
+            if expires_at <= now {
+                return Err(Status::invalid_argument(format!(
+                    "expires_at {} is not in the future",
+                    clock::rfc3339(expires_at)
+                )));
+            }
+            // A new expiry obeys the account's maximum lifetime, as at creation.
+            self.policy
+                .expiry(&owner.account, Some(expires_at), now)
+                .map_err(Status::invalid_argument)?;
         }
         let rotated = self
             .verifier
@@ -81,10 +87,11 @@ impl TokenApi {
         }))
     }
 
-    pub fn new(verifier: Verifier, callers: Callers) -> TokenApi {
+    pub fn new(verifier: Verifier, callers: Callers, policy: Policy) -> TokenApi {
         TokenApi {
             verifier,
             callers,
+            policy,
             denials: RateLimit::new(DENIALS_PER_SECOND),
             leak_reports: KeyedRateLimit::new(
                 LEAK_REPORTS_PER_MINUTE,
@@ -237,6 +244,11 @@ impl TokenService for TokenApi {
             )));
         }
         let now = clock::now_micros();
+        let account = caller.owner.account.clone();
+        let expires_at = self
+            .policy
+            .expiry(&account, expires_at, now)
+            .map_err(Status::invalid_argument)?;
         let spec = TokenSpec {
             name: &request.name,
             scopes: wanted,
@@ -244,7 +256,18 @@ impl TokenService for TokenApi {
             allowed_cidrs,
         };
         let (new, secret) = spec.issue(self.verifier.format(), caller.owner, now)?;
-        self.verifier.store().insert(&new, &caller.actor).await?;
+        let store = self.verifier.store();
+        if let Some(max) = self.policy.limits(&account).max_active_tokens_per_subject {
+            if !store.insert_limited(&new, &caller.actor, max).await? {
+                return Err(Status::failed_precondition(format!(
+                    "{} already holds {max} active tokens, the most account {account} allows: \
+                     revoke or delete one first",
+                    new.record.owner.subject
+                )));
+            }
+        } else {
+            store.insert(&new, &caller.actor).await?;
+        }
         tracing::info!(token_id = %new.record.id, created_by = %caller.actor.principal, "token created");
         Ok(Response::new(proto::CreateTokenResponse {
             token: Some(token_message(new.record, now)),

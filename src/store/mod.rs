@@ -774,6 +774,16 @@ impl Store {
         }))
     }
 
+    /// How to begin a transaction that reads, then writes depending on what it
+    /// read: SQLite must take the write lock first (IMMEDIATE), or a concurrent
+    /// writer makes it fail as busy instead of waiting its turn.
+    fn begin_writing(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "BEGIN IMMEDIATE",
+            Backend::Postgres(_) => "BEGIN",
+        }
+    }
+
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite(_) => "sqlite",
@@ -805,18 +815,65 @@ impl Store {
     /// Stores a new token and its `created` event, in one transaction.
     #[tracing::instrument(skip_all, fields(token_id = %new.record.id))]
     pub async fn insert(&self, new: &NewToken, actor: &Actor) -> StoreResult<()> {
-        self.insert_many(std::slice::from_ref(new), Some(actor))
+        self.insert_many(std::slice::from_ref(new), Some(actor), None)
+            .await
+            .map(drop)
+    }
+
+    /// [`Store::insert`], unless the owner already holds `max_active` active
+    /// tokens: then nothing is stored and the answer is false. Counting and
+    /// inserting are one transaction, serialised per owner, so concurrent
+    /// creates cannot overshoot.
+    pub async fn insert_limited(
+        &self,
+        new: &NewToken,
+        actor: &Actor,
+        max_active: u32,
+    ) -> StoreResult<bool> {
+        self.insert_many(std::slice::from_ref(new), Some(actor), Some(max_active))
             .await
     }
 
     /// Inserts all of `tokens` in one transaction, many rows per statement, with a
-    /// `created` event each when `actor` is given.
+    /// `created` event each when `actor` is given. With `max_active`, every token
+    /// must have the same owner (see [`Store::insert_limited`]); false when that
+    /// limit refused them.
     #[tracing::instrument(skip_all, fields(count = tokens.len()))]
-    pub async fn insert_many(&self, tokens: &[NewToken], actor: Option<&Actor>) -> StoreResult<()> {
+    pub async fn insert_many(
+        &self,
+        tokens: &[NewToken],
+        actor: Option<&Actor>,
+        max_active: Option<u32>,
+    ) -> StoreResult<bool> {
         const COLUMNS: &str = "INSERT INTO tokens (id, secret_hash, name, subject, account, \
             scopes, hint, created_at, expires_at, revoked_at, allowed_cidrs) VALUES ";
-        timed!(self, pool => async {
-            let mut tx = pool.begin().await?;
+        const LOCK_OWNER: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
+        const ACTIVE: &str = "SELECT COUNT(*) FROM tokens WHERE account = $1 AND subject = $2 \
+            AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)";
+        let is_postgres = self.backend_name() == "postgres";
+        let begin = self.begin_writing();
+        let stored = timed!(self, pool => async {
+            let mut tx = pool.begin_with(begin).await?;
+            if let (Some(max), Some(first)) = (max_active, tokens.first()) {
+                let owner = &first.record.owner;
+                // SQLite has one writer at a time already; Postgres needs the
+                // count and the insert serialised per owner.
+                if is_postgres {
+                    sqlx::query(LOCK_OWNER)
+                        .bind(format!("{}/{}", owner.account, owner.subject))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let (active,): (i64,) = sqlx::query_as(ACTIVE)
+                    .bind(&owner.account)
+                    .bind(&owner.subject)
+                    .bind(first.record.created_at)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if active + tokens.len() as i64 > i64::from(max) {
+                    return Ok(false);
+                }
+            }
             for chunk in tokens.chunks(INSERT_ROWS_PER_STATEMENT) {
                 let sql = format!("{COLUMNS}{}", values_list(chunk.len(), 11));
                 let mut query = sqlx::query(&sql);
@@ -846,10 +903,11 @@ impl Store {
                     insert_event!(&mut *tx, &event);
                 }
             }
-            tx.commit().await
+            tx.commit().await?;
+            Ok(true)
         }
         .await)?;
-        Ok(())
+        Ok(stored)
     }
 
     /// The token whose secret hashes to `hash`, current or retired by a rotation,
@@ -913,8 +971,9 @@ impl Store {
             actor,
         } = rotation;
         StoreStats::count(&self.stats.writes);
+        let begin = self.begin_writing();
         Ok(timed!(self, pool => async {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(begin).await?;
             let current: Option<HashedTokenRow> = sqlx::query_as(CURRENT)
                 .bind(id)
                 .bind(&owner.account)

@@ -15,6 +15,7 @@ mod introspection;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod policy;
 mod server;
 mod storm;
 mod tls;
