@@ -172,6 +172,22 @@ impl NewTokenArgs {
     }
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum StateFilter {
+    Active,
+    Expired,
+    Revoked,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ListOrder {
+    CreatedDesc,
+    CreatedAsc,
+    ExpiresAsc,
+    LastUsedDesc,
+    NameAsc,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Create a token for yourself; prints the secret once, on stdout
@@ -188,6 +204,15 @@ pub enum ClientCommand {
         /// Tokens fetched per call (the server allows up to 1000)
         #[arg(long, default_value_t = 1000)]
         page_size: i32,
+        /// Only tokens in this state
+        #[arg(long, value_enum)]
+        state: Option<StateFilter>,
+        /// Only tokens whose name contains this (case-insensitive)
+        #[arg(long)]
+        name_contains: Option<String>,
+        /// Sort order
+        #[arg(long, value_enum, default_value = "created-desc")]
+        order: ListOrder,
     },
     /// Show one of your tokens
     Get {
@@ -420,7 +445,26 @@ pub async fn run(command: ClientCommand) -> ClientResult {
             }
             Ok(())
         }
-        ClientCommand::List { auth, page_size } => {
+        ClientCommand::List {
+            auth,
+            page_size,
+            state,
+            name_contains,
+            order,
+        } => {
+            let state = match state {
+                None => proto::TokenState::Unspecified,
+                Some(StateFilter::Active) => proto::TokenState::Active,
+                Some(StateFilter::Expired) => proto::TokenState::Expired,
+                Some(StateFilter::Revoked) => proto::TokenState::Revoked,
+            };
+            let order = match order {
+                ListOrder::CreatedDesc => proto::TokenOrder::CreatedDesc,
+                ListOrder::CreatedAsc => proto::TokenOrder::CreatedAsc,
+                ListOrder::ExpiresAsc => proto::TokenOrder::ExpiresAsc,
+                ListOrder::LastUsedDesc => proto::TokenOrder::LastUsedDesc,
+                ListOrder::NameAsc => proto::TokenOrder::NameAsc,
+            };
             let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
             let mut page_token = String::new();
             if !auth.json {
@@ -433,6 +477,10 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                 let request = proto::ListTokensRequest {
                     page_size,
                     page_token,
+                    state: state.into(),
+                    name_contains: name_contains.clone().unwrap_or_default(),
+                    order_by: order.into(),
+                    ..Default::default()
                 };
                 let page = client
                     .list_tokens(authed(&auth, request)?)

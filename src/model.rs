@@ -18,7 +18,7 @@ pub struct Owner {
     pub account: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TokenState {
     Active,
     Expired,

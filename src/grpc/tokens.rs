@@ -9,13 +9,13 @@ use crate::cidr::CidrList;
 use crate::clock;
 use crate::grpc::auth::{Caller, Callers, authenticate, bearer, peer_of};
 use crate::grpc::token_message;
-use crate::model::{Actor, Owner, TokenSpec, parse_scopes};
+use crate::model::{Actor, Owner, TokenSpec, TokenState, parse_scopes};
 use crate::overload::{KeyedRateLimit, RateLimit};
 use crate::policy::Policy;
 use crate::proto;
 use crate::proto::token_service_server::TokenService;
 use crate::scope::{CATALOG, MANAGE_TOKENS, READ_EVENTS};
-use crate::store::{Cursor, Event, EventKind, Rotated};
+use crate::store::{After, Cursor, Event, EventKind, Rotated, SortKey, TokenFilter, TokenOrder};
 use crate::token::is_valid_id;
 use crate::verifier::Verifier;
 
@@ -40,6 +40,45 @@ const MAX_SOURCE_CHARS: usize = 200;
 pub const DENIALS_PER_SECOND: u32 = 50;
 
 impl TokenApi {
+    /// One page of tokens: the page token must come from the same query.
+    async fn search(
+        &self,
+        owner: Option<&Owner>,
+        filter: TokenFilter,
+        order: TokenOrder,
+        requested_page_size: i32,
+        page_token: &str,
+    ) -> Result<Response<proto::ListTokensResponse>, Status> {
+        let page_size = page_size(requested_page_size)?;
+        let fingerprint = query_fingerprint(owner, &filter, order);
+        let after = match page_token {
+            "" => None,
+            token => Some(decode_after(token, &fingerprint).ok_or_else(|| {
+                Status::invalid_argument(
+                    "page_token is malformed or belongs to other filters or order: pass next_page_token \
+                     from the previous response, with the same request",
+                )
+            })?),
+        };
+        let now = clock::now_micros();
+        let page = self
+            .verifier
+            .store()
+            .search(owner, &filter, order, after.as_ref(), page_size, now)
+            .await?;
+        Ok(Response::new(proto::ListTokensResponse {
+            tokens: page
+                .tokens
+                .into_iter()
+                .map(|t| token_message(t, now))
+                .collect(),
+            next_page_token: page
+                .next
+                .map(|after| encode_after(&after, &fingerprint))
+                .unwrap_or_default(),
+        }))
+    }
+
     async fn rotate(
         &self,
         owner: Owner,
@@ -184,6 +223,73 @@ fn requested_grace(grace: Option<&prost_types::Duration>) -> Result<Duration, St
     Ok(grace)
 }
 
+fn time_filter(
+    field: &str,
+    timestamp: Option<&prost_types::Timestamp>,
+) -> Result<Option<i64>, Status> {
+    timestamp
+        .map(|timestamp| {
+            clock::from_timestamp(timestamp).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{field} must be between 1970-01-01 and 9999-12-31 with nanos in 0..1e9"
+                ))
+            })
+        })
+        .transpose()
+}
+
+const SEARCH_TOKEN_TAG: &str = "p2.";
+
+/// Identifies a query (owner, filters, order), so that a page token is only ever
+/// used to continue the query that issued it.
+fn query_fingerprint(owner: Option<&Owner>, filter: &TokenFilter, order: TokenOrder) -> [u8; 8] {
+    let text = format!("{owner:?}|{filter:?}|{order:?}");
+    let hash = blake3::hash(text.as_bytes());
+    hash.as_bytes()[..8].try_into().expect("8 bytes")
+}
+
+/// `p2.` then hex of: the query fingerprint, the last row's seq, and its sort
+/// key (`i` and 8 bytes, or `t` and the text).
+fn encode_after(after: &After, fingerprint: &[u8; 8]) -> String {
+    let mut bytes = fingerprint.to_vec();
+    bytes.extend_from_slice(&after.seq.to_be_bytes());
+    match &after.key {
+        SortKey::Int(value) => {
+            bytes.push(b'i');
+            bytes.extend_from_slice(&value.to_be_bytes());
+        }
+        SortKey::Text(value) => {
+            bytes.push(b't');
+            bytes.extend_from_slice(value.as_bytes());
+        }
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{SEARCH_TOKEN_TAG}{hex}")
+}
+
+fn decode_after(text: &str, fingerprint: &[u8; 8]) -> Option<After> {
+    let hex = text.strip_prefix(SEARCH_TOKEN_TAG)?;
+    if hex.len() % 2 != 0 || hex.len() > 2 * 1024 {
+        return None;
+    }
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    if bytes.len() < 17 || bytes[..8] != fingerprint[..] {
+        return None;
+    }
+    let seq = i64::from_be_bytes(bytes[8..16].try_into().ok()?);
+    let key = match (bytes[16], &bytes[17..]) {
+        (b'i', value) if value.len() == 8 => {
+            SortKey::Int(i64::from_be_bytes(value.try_into().ok()?))
+        }
+        (b't', value) => SortKey::Text(String::from_utf8(value.to_vec()).ok()?),
+        _ => return None,
+    };
+    Some(After { key, seq })
+}
+
 fn page_cursor(page_token: &str) -> Result<Option<Cursor>, Status> {
     match page_token {
         "" => Ok(None),
@@ -294,22 +400,68 @@ impl TokenService for TokenApi {
     ) -> Result<Response<proto::ListTokensResponse>, Status> {
         let caller = self.caller(&request, "ListTokens", MANAGE_TOKENS).await?;
         let request = request.into_inner();
-        let page_size = page_size(request.page_size)?;
-        let cursor = page_cursor(&request.page_token)?;
-        let page = self
-            .verifier
-            .store()
-            .list(Some(&caller.owner), cursor, page_size)
-            .await?;
-        let now = clock::now_micros();
-        Ok(Response::new(proto::ListTokensResponse {
-            tokens: page
-                .tokens
-                .into_iter()
-                .map(|t| token_message(t, now))
-                .collect(),
-            next_page_token: page.next.map(Cursor::encode).unwrap_or_default(),
-        }))
+        let filter = TokenFilter {
+            state: match request.state() {
+                proto::TokenState::Unspecified => None,
+                proto::TokenState::Active => Some(TokenState::Active),
+                proto::TokenState::Expired => Some(TokenState::Expired),
+                proto::TokenState::Revoked => Some(TokenState::Revoked),
+            },
+            created_after: time_filter("created_after", request.created_after.as_ref())?,
+            created_before: time_filter("created_before", request.created_before.as_ref())?,
+            expires_after: time_filter("expires_after", request.expires_after.as_ref())?,
+            expires_before: time_filter("expires_before", request.expires_before.as_ref())?,
+            last_used_after: time_filter("last_used_after", request.last_used_after.as_ref())?,
+            last_used_before: time_filter("last_used_before", request.last_used_before.as_ref())?,
+            name_contains: Some(request.name_contains.trim())
+                .filter(|needle| !needle.is_empty())
+                .map(str::to_owned),
+        };
+        let order = match request.order_by() {
+            proto::TokenOrder::Unspecified | proto::TokenOrder::CreatedDesc => {
+                TokenOrder::CreatedDesc
+            }
+            proto::TokenOrder::CreatedAsc => TokenOrder::CreatedAsc,
+            proto::TokenOrder::ExpiresAsc => TokenOrder::ExpiresAsc,
+            proto::TokenOrder::LastUsedDesc => TokenOrder::LastUsedDesc,
+            proto::TokenOrder::NameAsc => TokenOrder::NameAsc,
+        };
+        self.search(
+            Some(&caller.owner),
+            filter,
+            order,
+            request.page_size,
+            &request.page_token,
+        )
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_expiring_tokens(
+        &self,
+        request: Request<proto::ListExpiringTokensRequest>,
+    ) -> Result<Response<proto::ListTokensResponse>, Status> {
+        if self.callers.identify(&request).is_none() {
+            return Err(Status::unauthenticated(
+                "only trusted internal callers may list expiring tokens: present a service credential or client certificate",
+            ));
+        }
+        let request = request.into_inner();
+        let expires_before = time_filter("expires_before", request.expires_before.as_ref())?
+            .ok_or_else(|| Status::invalid_argument("expires_before is required"))?;
+        let filter = TokenFilter {
+            state: Some(TokenState::Active),
+            expires_before: Some(expires_before),
+            ..TokenFilter::default()
+        };
+        self.search(
+            None,
+            filter,
+            TokenOrder::ExpiresAsc,
+            request.page_size,
+            &request.page_token,
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all)]

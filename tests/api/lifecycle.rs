@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use patd::clock;
 use patd::proto::{
-    CreateTokenRequest, GetSelfRequest, GetTokenRequest, IntrospectRequest, RotateSelfRequest,
-    RotateTokenRequest,
+    CreateTokenRequest, GetSelfRequest, GetTokenRequest, IntrospectRequest,
+    ListExpiringTokensRequest, ListTokensRequest, RotateSelfRequest, RotateTokenRequest,
+    TokenOrder,
 };
 use patd::server::ServerSettings;
 use tonic::Code;
@@ -16,6 +17,7 @@ use tonic::Code;
 use crate::backend_tests;
 use crate::ext_authz::check_request;
 use crate::helpers::{TestApp, authed};
+use crate::tls::portal_trusted_settings;
 
 fn grace(millis: u64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration::try_from(Duration::from_millis(millis)).unwrap())
@@ -361,4 +363,260 @@ backend_tests!(
     a_rotation_through_one_server_retires_the_secret_on_another,
     an_allowlisted_token_works_only_from_its_networks,
     the_last_client_address_is_recorded with quick_last_used,
+    list_filters_and_orders_page_through_exactly with quick_last_used,
+    a_trusted_mailer_lists_tokens_expiring_soon_across_subjects with portal_trusted_settings,
 );
+
+/// Every page of ListTokens for `request`, names in order.
+async fn all_names(app: &TestApp, manager: &str, request: ListTokensRequest) -> Vec<String> {
+    let mut tokens = app.tokens().await;
+    let mut names = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = tokens
+            .list_tokens(authed(
+                manager,
+                ListTokensRequest {
+                    page_token,
+                    ..request.clone()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        names.extend(page.tokens.into_iter().map(|token| token.name));
+        if page.next_page_token.is_empty() {
+            return names;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+async fn list_filters_and_orders_page_through_exactly(app: TestApp) {
+    let manager = app.manager("alice", &["tag:read"]).await;
+    let now = clock::now_micros();
+    let hour = 3_600_000_000;
+    let mut tokens = app.tokens().await;
+    let create = |name: &str, expires_at: Option<i64>| CreateTokenRequest {
+        name: name.to_owned(),
+        scopes: vec!["tag:read".to_owned()],
+        expires_at: expires_at.map(clock::to_timestamp),
+        ..Default::default()
+    };
+    let mut secrets = std::collections::HashMap::new();
+    for (name, expires_at) in [
+        ("ci-deploy", Some(now + 5 * hour)),
+        ("CI backup", Some(now + hour)),
+        ("laptop", None),
+        ("50%_off", Some(now + 3 * hour)),
+        ("zeta", Some(now + 2 * hour)),
+    ] {
+        let created = tokens
+            .create_token(authed(&manager, create(name, expires_at)))
+            .await
+            .unwrap()
+            .into_inner();
+        secrets.insert(name, (created.secret, created.token.unwrap()));
+    }
+    tokens
+        .revoke_token(authed(
+            &manager,
+            patd::proto::RevokeTokenRequest {
+                id: secrets["zeta"].1.id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    // Used, most recent last: laptop, then ci-deploy (flushed within 100 ms).
+    for name in ["laptop", "ci-deploy"] {
+        assert!(app.is_active(&secrets[name].0).await);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let base = ListTokensRequest {
+        page_size: 2,
+        ..Default::default()
+    };
+    let by = |order: TokenOrder| ListTokensRequest {
+        order_by: order.into(),
+        ..base.clone()
+    };
+    assert_eq!(
+        all_names(&app, &manager, by(TokenOrder::NameAsc)).await,
+        [
+            "50%_off",
+            "CI backup",
+            "ci-deploy",
+            "laptop",
+            "minted",
+            "zeta"
+        ],
+        "byte order, every page once"
+    );
+    assert_eq!(
+        all_names(&app, &manager, by(TokenOrder::ExpiresAsc)).await,
+        [
+            "CI backup",
+            "zeta",
+            "50%_off",
+            "ci-deploy",
+            "minted",
+            "laptop"
+        ],
+        "soonest first, never-expiring last (by creation)"
+    );
+    // The manager's own token is used by every call here: leave it out.
+    let mut used = all_names(&app, &manager, by(TokenOrder::LastUsedDesc)).await;
+    used.retain(|name| name != "minted");
+    assert_eq!(
+        used,
+        ["ci-deploy", "laptop", "zeta", "50%_off", "CI backup"],
+        "most recent first, then never used (by creation, newest first)"
+    );
+    let newest = all_names(&app, &manager, by(TokenOrder::CreatedDesc)).await;
+    let mut oldest = all_names(&app, &manager, by(TokenOrder::CreatedAsc)).await;
+    oldest.reverse();
+    assert_eq!(newest, oldest);
+
+    let filtered = |filter: ListTokensRequest| all_names(&app, &manager, filter);
+    assert_eq!(
+        filtered(ListTokensRequest {
+            name_contains: "ci".to_owned(),
+            order_by: TokenOrder::NameAsc.into(),
+            ..base.clone()
+        })
+        .await,
+        ["CI backup", "ci-deploy"],
+        "case-insensitive"
+    );
+    assert_eq!(
+        filtered(ListTokensRequest {
+            name_contains: "%_".to_owned(),
+            ..base.clone()
+        })
+        .await,
+        ["50%_off"],
+        "% and _ match themselves"
+    );
+    assert_eq!(
+        filtered(ListTokensRequest {
+            state: patd::proto::TokenState::Revoked.into(),
+            ..base.clone()
+        })
+        .await,
+        ["zeta"]
+    );
+    assert_eq!(
+        filtered(ListTokensRequest {
+            state: patd::proto::TokenState::Active.into(),
+            expires_before: Some(clock::to_timestamp(now + 4 * hour)),
+            order_by: TokenOrder::ExpiresAsc.into(),
+            ..base.clone()
+        })
+        .await,
+        ["CI backup", "50%_off"]
+    );
+    let laptop_created =
+        clock::from_timestamp(secrets["laptop"].1.created_at.as_ref().unwrap()).unwrap();
+    let mut after_laptop = filtered(ListTokensRequest {
+        created_after: Some(clock::to_timestamp(laptop_created)),
+        ..base.clone()
+    })
+    .await;
+    after_laptop.sort();
+    assert_eq!(after_laptop, ["50%_off", "zeta"]);
+    assert_eq!(
+        filtered(ListTokensRequest {
+            // Uses are kept to the second: any time before the test began.
+            last_used_after: Some(clock::to_timestamp(now - 2_000_000)),
+            order_by: TokenOrder::NameAsc.into(),
+            ..base.clone()
+        })
+        .await,
+        ["ci-deploy", "laptop", "minted"]
+    );
+
+    // A page token continues only the query that issued it.
+    let first = tokens
+        .list_tokens(authed(&manager, by(TokenOrder::NameAsc)))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = tokens
+        .list_tokens(authed(
+            &manager,
+            ListTokensRequest {
+                page_token: first.next_page_token,
+                ..by(TokenOrder::ExpiresAsc)
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+async fn a_trusted_mailer_lists_tokens_expiring_soon_across_subjects(app: TestApp) {
+    let now = clock::now_micros();
+    let hour = 3_600_000_000;
+    let (_, soon) = app
+        .mint(("alice", "acme"), &["tag:read"], Some(now + hour))
+        .await;
+    let (_, later) = app
+        .mint(("bob", "globex"), &["tag:read"], Some(now + 20 * hour))
+        .await;
+    app.mint(("carol", "acme"), &["tag:read"], Some(now + 200 * hour))
+        .await;
+    app.mint(("dave", "acme"), &["tag:read"], None).await;
+    app.mint_revoked(("erin", "acme"), &["tag:read"]).await;
+    let request = || ListExpiringTokensRequest {
+        expires_before: Some(clock::to_timestamp(now + 7 * 24 * hour)),
+        page_size: 1,
+        page_token: String::new(),
+    };
+    let mut tokens = app.tokens().await;
+    let mut ids = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = tokens
+            .list_expiring_tokens(authed(
+                crate::tls::portal_credential(),
+                ListExpiringTokensRequest {
+                    page_token,
+                    ..request()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        for token in page.tokens {
+            ids.push((token.id, token.subject));
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(
+        ids,
+        [(soon.id, "alice".to_owned()), (later.id, "bob".to_owned())],
+        "active tokens expiring within the week, soonest first, every subject"
+    );
+
+    let (user, _) = app
+        .mint(("alice", "acme"), &["personalAccessToken:write"], None)
+        .await;
+    let err = tokens
+        .list_expiring_tokens(authed(&user, request()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = tokens
+        .list_expiring_tokens(authed(
+            crate::tls::portal_credential(),
+            ListExpiringTokensRequest::default(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}

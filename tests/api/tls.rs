@@ -348,12 +348,13 @@ fn trusted_by_credential(credential: &str, introspection: IntrospectionCallers) 
 }
 
 /// One credential for the whole test binary: settings functions take no input.
-fn portal_credential() -> &'static str {
+pub fn portal_credential() -> &'static str {
     static CREDENTIAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     CREDENTIAL.get_or_init(generate_service_credential)
 }
 
-fn portal_trusted() -> ServerSettings {
+/// Settings with the test portal as a trusted caller (by service credential).
+pub fn portal_trusted_settings() -> ServerSettings {
     trusted_by_credential(portal_credential(), IntrospectionCallers::Any)
 }
 
@@ -432,7 +433,7 @@ async fn introspection_can_be_limited_to_trusted_callers(app: TestApp) {
 }
 
 backend_tests!(
-    a_service_credential_acts_for_the_owner_it_names with portal_trusted,
+    a_service_credential_acts_for_the_owner_it_names with portal_trusted_settings,
     introspection_can_be_limited_to_trusted_callers with introspection_for_trusted_only,
 );
 

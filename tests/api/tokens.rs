@@ -536,6 +536,7 @@ async fn list_pages_newest_first_while_tokens_come_and_go(app: TestApp) {
             ListTokensRequest {
                 page_size: 4,
                 page_token: token,
+                ..Default::default()
             },
         )
     };
@@ -598,6 +599,7 @@ async fn list_pages_newest_first_while_tokens_come_and_go(app: TestApp) {
                 ListTokensRequest {
                     page_size: -1,
                     page_token: String::new(),
+                    ..Default::default()
                 },
             ))
             .await,
@@ -625,6 +627,7 @@ async fn page_size_defaults_to_50_and_is_capped_at_1000(app: TestApp) {
             ListTokensRequest {
                 page_size: i32::MAX,
                 page_token: String::new(),
+                ..Default::default()
             },
         ))
         .await
