@@ -220,6 +220,41 @@ pub enum ClientCommand {
         auth: AuthArgs,
         id: String,
     },
+    /// Give one of your tokens a new secret (printed once, on stdout); without an
+    /// id, the token in PATD_TOKEN rotates itself
+    Rotate {
+        #[command(flatten)]
+        auth: AuthArgs,
+        id: Option<String>,
+        /// How long the old secret keeps working, e.g. 10m (at most 24h) [default: 0]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<Duration>,
+        /// A new lifetime from now, e.g. 90d
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+    },
+    /// Show the token in PATD_TOKEN itself (needs no particular scope)
+    Whoami {
+        #[command(flatten)]
+        auth: AuthArgs,
+    },
+    /// The audit trail of your account, newest first (needs eventLog:read)
+    Events {
+        #[command(flatten)]
+        auth: AuthArgs,
+        /// Stop after this many events
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Report leaked tokens, one per line on stdin (no credential needed): valid
+    /// ones are revoked
+    ReportLeak {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Where they were found, e.g. a URL
+        #[arg(long, default_value = "")]
+        source: String,
+    },
     /// Revoke one of your tokens (idempotent)
     Revoke {
         #[command(flatten)]
@@ -361,6 +396,9 @@ fn token_json(token: &proto::Token) -> Value {
         "expires_at": time(token.expires_at.as_ref()),
         "revoked_at": time(token.revoked_at.as_ref()),
         "last_used_at": time(token.last_used_at.as_ref()),
+        "last_used_ip": token.last_used_ip,
+        "rotated_at": time(token.rotated_at.as_ref()),
+        "allowed_cidrs": token.allowed_cidrs,
     })
 }
 
@@ -368,7 +406,7 @@ fn token_json(token: &proto::Token) -> Value {
 fn token_text(token: &proto::Token) -> String {
     let or = |value: Option<String>, none: &str| value.unwrap_or_else(|| none.to_owned());
     format!(
-        "id:           {}\nname:         {}\nowner:        {} @ {}\nstate:        {}\nscopes:       {}\nhint:         {}\ncreated:      {}\nexpires:      {}\nrevoked:      {}\nlast used:    {}",
+        "id:           {}\nname:         {}\nowner:        {} @ {}\nstate:        {}\nscopes:       {}\nhint:         {}\ncreated:      {}\nexpires:      {}\nrevoked:      {}\nlast used:    {}{}\nrotated:      {}\nallowed from: {}",
         token.id,
         token.name,
         token.subject,
@@ -380,6 +418,17 @@ fn token_text(token: &proto::Token) -> String {
         or(time(token.expires_at.as_ref()), "never"),
         or(time(token.revoked_at.as_ref()), "-"),
         or(time(token.last_used_at.as_ref()), "never"),
+        if token.last_used_ip.is_empty() {
+            String::new()
+        } else {
+            format!(" from {}", token.last_used_ip)
+        },
+        or(time(token.rotated_at.as_ref()), "never"),
+        if token.allowed_cidrs.is_empty() {
+            "anywhere".to_owned()
+        } else {
+            token.allowed_cidrs.join(" ")
+        },
     )
 }
 
@@ -388,6 +437,21 @@ fn print_token(token: &proto::Token, json: bool) {
         println!("{}", token_json(token));
     } else {
         println!("{}", token_text(token));
+    }
+}
+
+/// A new secret: on stdout alone (details on stderr), or all as JSON.
+fn print_created(created: &proto::CreateTokenResponse, json: bool) {
+    let token = created.token.clone().unwrap_or_default();
+    if json {
+        println!(
+            "{}",
+            json!({ "token": token_json(&token), "secret": created.secret })
+        );
+    } else {
+        eprintln!("{}", token_text(&token));
+        eprintln!("The secret below is shown once; store it now.");
+        println!("{}", created.secret);
     }
 }
 
@@ -432,17 +496,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                 .create_token(authed(&auth, request)?)
                 .await?
                 .into_inner();
-            let token = created.token.unwrap_or_default();
-            if auth.json {
-                println!(
-                    "{}",
-                    json!({ "token": token_json(&token), "secret": created.secret })
-                );
-            } else {
-                eprintln!("{}", token_text(&token));
-                eprintln!("The secret below is shown once; store it now.");
-                println!("{}", created.secret);
-            }
+            print_created(&created, auth.json);
             Ok(())
         }
         ClientCommand::List {
@@ -512,6 +566,123 @@ pub async fn run(command: ClientCommand) -> ClientResult {
             let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
             let request = authed(&auth, proto::GetTokenRequest { id })?;
             print_token(&client.get_token(request).await?.into_inner(), auth.json);
+            Ok(())
+        }
+        ClientCommand::Rotate {
+            auth,
+            id,
+            grace,
+            expires_in,
+        } => {
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let grace_period = grace
+                .map(prost_types::Duration::try_from)
+                .transpose()
+                .map_err(|_| ClientError::new(exit::INVALID, "--grace is too long"))?;
+            let expires_at = expires_in.map(|lifetime| {
+                let micros = i64::try_from(lifetime.as_micros()).unwrap_or(i64::MAX);
+                clock::to_timestamp(clock::now_micros().saturating_add(micros))
+            });
+            let rotated = match id {
+                Some(id) => {
+                    let request = proto::RotateTokenRequest {
+                        id,
+                        expires_at,
+                        grace_period,
+                    };
+                    client.rotate_token(authed(&auth, request)?).await?
+                }
+                None => {
+                    let request = proto::RotateSelfRequest {
+                        expires_at,
+                        grace_period,
+                    };
+                    client.rotate_self(authed(&auth, request)?).await?
+                }
+            }
+            .into_inner();
+            print_created(&rotated, auth.json);
+            Ok(())
+        }
+        ClientCommand::Whoami { auth } => {
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let request = authed(&auth, proto::GetSelfRequest {})?;
+            print_token(&client.get_self(request).await?.into_inner(), auth.json);
+            Ok(())
+        }
+        ClientCommand::Events { auth, limit } => {
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let mut page_token = String::new();
+            let mut shown = 0;
+            if !auth.json {
+                println!(
+                    "{:<27}  {:<14}  {:<22}  {:<30}  {:<21}  DETAIL",
+                    "TIME", "KIND", "TOKEN", "ACTOR", "PEER"
+                );
+            }
+            while shown < limit {
+                let request = proto::ListTokenEventsRequest {
+                    page_size: i32::try_from((limit - shown).min(1000)).unwrap_or(1000),
+                    page_token,
+                };
+                let page = client
+                    .list_token_events(authed(&auth, request)?)
+                    .await?
+                    .into_inner();
+                for event in &page.events {
+                    let at = time(event.time.as_ref()).unwrap_or_default();
+                    if auth.json {
+                        println!(
+                            "{}",
+                            json!({
+                                "time": at,
+                                "kind": event.kind,
+                                "token_id": event.token_id,
+                                "subject": event.subject,
+                                "account": event.account,
+                                "actor": event.actor,
+                                "peer": event.peer,
+                                "detail": event.detail,
+                            })
+                        );
+                    } else {
+                        println!(
+                            "{at:<27}  {:<14}  {:<22}  {:<30}  {:<21}  {}",
+                            event.kind, event.token_id, event.actor, event.peer, event.detail
+                        );
+                    }
+                }
+                shown += page.events.len();
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            Ok(())
+        }
+        ClientCommand::ReportLeak { conn, source } => {
+            let tokens: Vec<String> = std::io::stdin()
+                .lock()
+                .lines()
+                .map_while(Result::ok)
+                .map(|line| line.trim().to_owned())
+                .filter(|line| !line.is_empty())
+                .collect();
+            let mut client = TokenServiceClient::new(connect(&conn).await?);
+            let mut received = 0;
+            // The server takes at most 1,000 per report.
+            for chunk in tokens.chunks(1000) {
+                let request = proto::ReportLeakedTokensRequest {
+                    tokens: chunk.to_vec(),
+                    source: source.clone(),
+                };
+                received += client
+                    .report_leaked_tokens(request)
+                    .await?
+                    .into_inner()
+                    .received;
+            }
+            println!("reported {received} tokens; every valid one is now revoked");
             Ok(())
         }
         ClientCommand::Revoke { auth, id } => {

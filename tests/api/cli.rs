@@ -242,6 +242,7 @@ async fn health_command_exits_zero_only_when_serving(app: TestApp) {
 }
 
 backend_tests!(
+    client_rotates_shows_itself_reads_events_and_reports_leaks,
     client_commands_manage_tokens_through_the_api,
     client_exit_codes_tell_scripts_what_went_wrong,
     health_command_exits_zero_only_when_serving,
@@ -457,4 +458,54 @@ async fn client_exit_codes_tell_scripts_what_went_wrong(app: TestApp) {
         .unwrap();
     assert_eq!(output.status.code(), Some(75), "unreachable: retry later");
     assert!(stderr(&output).contains(&format!("cannot connect to {nobody}")));
+}
+
+async fn client_rotates_shows_itself_reads_events_and_reports_leaks(app: TestApp) {
+    let manager = app.manager("alice", &["tag:read", "eventLog:read"]).await;
+    let me = Some(manager.as_str());
+    let (old, record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+
+    let rotated = client(
+        &app,
+        me,
+        &["rotate", &record.id, "--grace", "10m", "--json"],
+        "",
+    )
+    .await;
+    assert!(rotated.status.success(), "{}", stderr(&rotated));
+    let rotated = &json_lines(&rotated)[0];
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    assert_eq!(rotated["token"]["id"], record.id.as_str());
+    assert!(app.is_active(&old).await, "within the grace period");
+    assert!(app.is_active(&new_secret).await);
+
+    // A token rotates itself, whatever its scopes: the new secret on stdout.
+    let own = client(&app, Some(&new_secret), &["rotate"], "").await;
+    assert!(own.status.success(), "{}", stderr(&own));
+    let newest = stdout(&own).trim().to_owned();
+    let whoami = client(&app, Some(&newest), &["whoami", "--json"], "").await;
+    assert_eq!(json_lines(&whoami)[0]["id"], record.id.as_str());
+    assert!(json_lines(&whoami)[0]["rotated_at"].is_string());
+
+    let leaked = client(
+        &app,
+        None,
+        &["report-leak", "--source", "pastebin"],
+        &format!("{newest}\nnot-a-token\n"),
+    )
+    .await;
+    assert!(leaked.status.success(), "{}", stderr(&leaked));
+    assert!(stdout(&leaked).contains("reported 2 tokens"));
+    assert!(!app.is_active(&newest).await);
+
+    let events = client(&app, me, &["events", "--json"], "").await;
+    let kinds: Vec<String> = json_lines(&events)
+        .iter()
+        .map(|event| event["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        &kinds[..3],
+        ["leak_reported", "rotated", "rotated"],
+        "{kinds:?}"
+    );
 }
