@@ -349,8 +349,10 @@ fn render_lines(lines: &[&str], root: &Value, dot: &Value, out: &mut String) {
         if let Some(condition) = opened("{{- if ") {
             let end = i + 1 + block_end(&lines[i + 1..]);
             let truthy = resolve(condition, root, dot).is_some_and(|value| {
+                // Go templates' truth: zero values are false.
                 !matches!(value, Value::Bool(false) | Value::Null)
                     && value.as_str() != Some("")
+                    && value.as_i64() != Some(0)
                     && value.as_array().is_none_or(|a| !a.is_empty())
             });
             if truthy {
@@ -477,6 +479,36 @@ fn the_rendered_configuration_is_one_patd_accepts() {
     );
     assert!(format!("{:?}", config.server.callers).contains("portal"));
     drop(dir);
+
+    let governed = with(
+        &values,
+        "policy",
+        Some(json!({
+            "maxLifetime": "365d",
+            "defaultLifetime": "90d",
+            "maxActiveTokensPerSubject": 0,
+            "accounts": [
+                { "name": "acme", "maxLifetime": "30d", "defaultLifetime": "7d" },
+                { "name": "globex", "maxActiveTokensPerSubject": 5 },
+            ],
+        })),
+    );
+    assert_eq!(schema_errors(&governed), None);
+    let config = load_rendered(&governed).unwrap_or_else(|err| panic!("{err}"));
+    let day = |days: u64| Some(Duration::from_secs(days * 86_400));
+    let acme = config.server.policy.limits("acme");
+    assert_eq!(
+        (acme.max_lifetime, acme.default_lifetime),
+        (day(30), day(7))
+    );
+    let globex = config.server.policy.limits("globex");
+    assert_eq!(globex.max_active_tokens_per_subject, Some(5));
+    assert_eq!(globex.max_lifetime, day(365), "inherited from the defaults");
+    let other = config.server.policy.limits("other");
+    assert_eq!(
+        (other.default_lifetime, other.max_active_tokens_per_subject),
+        (day(90), None)
+    );
 
     let scraped = with(&values, "metrics.enabled", Some(json!(true)));
     let config = load_rendered(&scraped).unwrap_or_else(|err| panic!("{err}"));
