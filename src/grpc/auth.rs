@@ -268,6 +268,8 @@ fn act_as(metadata: &MetadataMap) -> Result<Option<Owner>, Status> {
 pub struct Refusal {
     pub status: Status,
     pub owner: Option<Owner>,
+    /// The refused caller, when its credential was valid (`token:<id>`).
+    pub principal: Option<String>,
 }
 
 impl From<Status> for Refusal {
@@ -275,6 +277,7 @@ impl From<Status> for Refusal {
         Refusal {
             status,
             owner: None,
+            principal: None,
         }
     }
 }
@@ -303,26 +306,26 @@ pub async fn authenticate<T>(
         });
     }
     let token = bearer(verifier, request).await?;
+    let principal = format!("token:{}", token.id());
+    let refuse = |message: String| Refusal {
+        status: Status::permission_denied(message),
+        owner: Some(token.owner()),
+        principal: Some(principal.clone()),
+    };
     if acting_for.is_some() {
-        return Err(Refusal {
-            status: Status::permission_denied(format!(
-                "only trusted internal callers may act for another owner ({ACT_AS_SUBJECT})"
-            )),
-            owner: Some(token.owner()),
-        });
+        return Err(refuse(format!(
+            "only trusted internal callers may act for another owner ({ACT_AS_SUBJECT})"
+        )));
     }
     if !token.scopes.contains(scope) {
-        return Err(Refusal {
-            status: Status::permission_denied(format!(
-                "the caller's token lacks the {scope} scope"
-            )),
-            owner: Some(token.owner()),
-        });
+        return Err(refuse(format!(
+            "the caller's token lacks the {scope} scope"
+        )));
     }
     Ok(Caller {
         owner: token.owner(),
         scopes: token.scopes,
-        actor: Actor::new(format!("token:{}", token.id()), peer_of(request)),
+        actor: Actor::new(principal, peer_of(request)),
     })
 }
 

@@ -166,7 +166,10 @@ impl TokenApi {
                 token_id: None,
                 subject: refusal.owner.as_ref().map(|owner| owner.subject.clone()),
                 account: refusal.owner.map(|owner| owner.account),
-                actor: Actor::new("anonymous", peer_of(request)),
+                actor: Actor::new(
+                    refusal.principal.as_deref().unwrap_or("anonymous"),
+                    peer_of(request),
+                ),
                 detail: format!("{method}: {}", status.message()),
             };
             if let Err(err) = self.verifier.store().record_event(&event).await {

@@ -111,6 +111,12 @@ async fn every_change_and_refusal_is_recorded_for_the_account(app: TestApp) {
     }
     let denied = &trail[0];
     assert_eq!(denied.subject, "bob");
+    let reader_id = app.introspect(&reader, &[]).await.token_id;
+    assert_eq!(
+        denied.actor,
+        format!("token:{reader_id}"),
+        "the refused token, by id"
+    );
     assert!(
         denied.detail.contains("ListTokens") && denied.detail.contains("personalAccessToken:write")
     );
