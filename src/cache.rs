@@ -60,14 +60,25 @@ pub struct CachedToken {
     inserted: u32,
     /// Set while the token waits in the write-behind queue.
     queued: AtomicBool,
+    /// Found by a secret retired by a rotation (within its grace period).
+    retired: bool,
 }
 
 const ID_LEN: usize = 22;
 
 impl CachedToken {
-    /// A token answered once and not kept (a secret retired by a rotation).
-    pub fn uncached(seq: i64, record: &TokenRecord) -> Arc<CachedToken> {
-        Arc::new(CachedToken::new(seq, record, 0))
+    /// A token found by a secret retired by a rotation: answered once, not kept.
+    pub fn retired(seq: i64, record: &TokenRecord) -> Arc<CachedToken> {
+        Arc::new(CachedToken {
+            retired: true,
+            ..CachedToken::new(seq, record, 0)
+        })
+    }
+
+    /// Whether the secret presented was retired by a rotation (and is within its
+    /// grace period): good for Introspect and Check, not as a management credential.
+    pub fn is_retired(&self) -> bool {
+        self.retired
     }
 
     fn new(seq: i64, record: &TokenRecord, inserted: u32) -> CachedToken {
@@ -92,6 +103,7 @@ impl CachedToken {
             ),
             inserted,
             queued: AtomicBool::new(false),
+            retired: false,
         }
     }
 

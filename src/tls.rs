@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,8 +24,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 /// A TLS handshake that has not finished by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections accepted but not yet handed to the server (handshakes included).
+/// Connections accepted but not yet handed to the server.
 const ACCEPT_QUEUE: usize = 1024;
+/// TLS handshakes in progress at once; accepting waits beyond that.
+const MAX_HANDSHAKES: usize = 256;
 
 /// Whether clients must present a certificate signed by `client_ca_file`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -184,17 +186,17 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
-    /// Whether the verified client certificate is valid for `dns_name` (a DNS
-    /// subject alternative name).
+    /// Whether the verified client certificate names exactly `dns_name` among its
+    /// DNS subject alternative names. An identity, not a host name: a wildcard
+    /// (`*.svc`) does not stand for a trusted caller's name.
     pub fn client_cert_names(&self, dns_name: &str) -> bool {
         let Some(leaf) = self.client_certs.as_ref().and_then(|chain| chain.first()) else {
             return false;
         };
-        let Ok(name) = ServerName::try_from(dns_name) else {
-            return false;
-        };
-        webpki::EndEntityCert::try_from(leaf)
-            .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+        webpki::EndEntityCert::try_from(leaf).is_ok_and(|cert| {
+            cert.valid_dns_names()
+                .any(|name| name.eq_ignore_ascii_case(dns_name))
+        })
     }
 }
 
@@ -294,6 +296,7 @@ pub fn incoming(
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let acceptor = tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {
@@ -315,7 +318,13 @@ pub fn incoming(
                 Some(tls) => {
                     let acceptor = TlsAcceptor::from(tls.config());
                     let tx = tx.clone();
+                    let permit = handshakes
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("never closed");
                     tokio::spawn(async move {
+                        let _permit = permit;
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                         {
                             Ok(Ok(stream)) => {

@@ -210,7 +210,7 @@ impl Verifier {
                     .expires_at
                     .map_or(grace_until, |at| at.min(grace_until)),
             );
-            return Ok(Some(CachedToken::uncached(seq, &record)));
+            return Ok(Some(CachedToken::retired(seq, &record)));
         }
         // A rotated-away secret in use: it leaked. Revoke the token, whatever
         // its current secret, so that neither the thief nor the holder goes on.
@@ -224,7 +224,7 @@ impl Verifier {
                 EventKind::ReuseDetected,
             )
             .await?;
-        Ok(revoked.map(|record| CachedToken::uncached(seq, &record)))
+        Ok(revoked.map(|record| CachedToken::retired(seq, &record)))
     }
 
     /// Revokes every token among `presented` that is valid (current or retired
@@ -245,7 +245,22 @@ impl Verifier {
                 .collect();
             let mut revoked = 0;
             for hash in hashes {
-                let Some(found) = inner.store.find_by_hash(&hash).await? else {
+                // Known-unknown secrets cost nothing; new ones are remembered as
+                // unknown, and lookups share Introspect's share of connections, so
+                // anonymous reports cannot crowd out other work.
+                let epoch = match inner.cache.get(&hash) {
+                    Cached::Absent => continue,
+                    Cached::Found(_) => None,
+                    Cached::Miss(epoch) => Some(epoch),
+                };
+                let found = {
+                    let _permit = inner.lookups.acquire().await.expect("never closed");
+                    inner.store.find_by_hash(&hash).await?
+                };
+                let Some(found) = found else {
+                    if let Some(epoch) = epoch {
+                        inner.cache.insert_absent(&hash, epoch);
+                    }
                     continue;
                 };
                 let record = found.stored.record;

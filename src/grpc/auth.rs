@@ -207,6 +207,11 @@ pub async fn bearer<T>(
         ));
     }
     match verifier.verify(presented, Lane::Management, client).await? {
+        // A secret in its grace period keeps clients working, but must not be
+        // able to mint, rotate or manage anything: it may be the leaked one.
+        Ok(token) if token.is_retired() => Err(Status::unauthenticated(
+            "bearer token has been rotated: use its new secret",
+        )),
         Ok(token) => Ok(token),
         Err(inactive) => {
             tracing::debug!(reason = ?inactive, "caller token inactive");

@@ -36,6 +36,19 @@ pub const MAX_LEAKED_TOKENS: usize = 1000;
 pub const LEAK_REPORTS_PER_MINUTE: u32 = 30;
 const MAX_SOURCE_CHARS: usize = 200;
 
+/// The network a rate limit counts an address in: IPv6 hosts usually hold a
+/// whole /64, so that is one key; IPv4 addresses count singly.
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::V6(segments.into())
+        }
+    }
+}
+
 /// Refused calls recorded per second, at most.
 pub const DENIALS_PER_SECOND: u32 = 50;
 
@@ -53,7 +66,7 @@ impl TokenApi {
         let fingerprint = query_fingerprint(owner, &filter, order);
         let after = match page_token {
             "" => None,
-            token => Some(decode_after(token, &fingerprint).ok_or_else(|| {
+            token => Some(decode_after(token, &fingerprint, order).ok_or_else(|| {
                 Status::invalid_argument(
                     "page_token is malformed or belongs to other filters or order: pass next_page_token \
                      from the previous response, with the same request",
@@ -115,7 +128,8 @@ impl TokenApi {
             }
             Err(Rotated::Conflict | Rotated::Done { .. }) => {
                 return Err(Status::aborted(format!(
-                    "token {id} was rotated by another call at the same time; retry"
+                    "token {id} changed while it was being rotated (rotated, revoked or deleted \
+                     by another call); retry"
                 )));
             }
         };
@@ -270,7 +284,7 @@ fn encode_after(after: &After, fingerprint: &[u8; 8]) -> String {
     format!("{SEARCH_TOKEN_TAG}{hex}")
 }
 
-fn decode_after(text: &str, fingerprint: &[u8; 8]) -> Option<After> {
+fn decode_after(text: &str, fingerprint: &[u8; 8], order: TokenOrder) -> Option<After> {
     let hex = text.strip_prefix(SEARCH_TOKEN_TAG)?;
     if hex.len() % 2 != 0 || hex.len() > 2 * 1024 {
         return None;
@@ -290,6 +304,11 @@ fn decode_after(text: &str, fingerprint: &[u8; 8]) -> Option<After> {
         (b't', value) => SortKey::Text(String::from_utf8(value.to_vec()).ok()?),
         _ => return None,
     };
+    // The fingerprint is no seal: a hand-made token must still fit the order.
+    let text_key = order == TokenOrder::NameAsc;
+    if text_key != matches!(key, SortKey::Text(_)) {
+        return None;
+    }
     Some(After { key, seq })
 }
 
@@ -513,6 +532,17 @@ impl TokenService for TokenApi {
         let actor = Actor::new(format!("token:{}", token.id()), peer_of(&request));
         let request = request.into_inner();
         let expires_at = requested_expiry(request.expires_at.as_ref())?;
+        // Rotating itself must not let a token outlive what it was given, unless
+        // it could have minted a longer-lived token anyway.
+        if let (Some(asked), Some(current)) = (expires_at, token.expires_at())
+            && asked > current
+            && !token.scopes.contains(MANAGE_TOKENS)
+        {
+            return Err(Status::permission_denied(format!(
+                "a token may not extend its own expiry ({}) without {MANAGE_TOKENS}",
+                clock::rfc3339(current)
+            )));
+        }
         let grace = requested_grace(request.grace_period.as_ref())?;
         self.rotate(
             token.owner(),
@@ -547,8 +577,10 @@ impl TokenService for TokenApi {
         request: Request<proto::ReportLeakedTokensRequest>,
     ) -> Result<Response<proto::ReportLeakedTokensResponse>, Status> {
         let peer = peer_of(&request);
-        let peer_ip = peer.map(|addr| addr.ip());
-        if !self.leak_reports.admit(&peer_ip) {
+        if !self
+            .leak_reports
+            .admit(&peer.map(|addr| network_of(addr.ip())))
+        {
             return Err(Status::resource_exhausted(format!(
                 "at most {LEAK_REPORTS_PER_MINUTE} leak reports a minute from one address; retry later"
             )));

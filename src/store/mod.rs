@@ -1024,10 +1024,13 @@ impl Store {
             ", secret_hash FROM tokens WHERE id = $1 AND account = $2 AND subject = $3"
         );
         // Conditional on the hash read: of two concurrent rotations one wins and
-        // the other finds no row, so no secret is replaced without being retired.
+        // the other finds no row, so no secret is replaced without being retired;
+        // likewise a rotation racing a revoke or delete finds no row.
         const REPLACE: &str = concat!(
             "UPDATE tokens SET secret_hash = $1, hint = $2, rotated_at = $3, ",
-            "expires_at = COALESCE($4, expires_at) WHERE id = $5 AND secret_hash = $6 RETURNING ",
+            "expires_at = COALESCE($4, expires_at) WHERE id = $5 AND secret_hash = $6 ",
+            // Still active: a revoke that committed since the read wins.
+            "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3) RETURNING ",
             columns!()
         );
         const RETIRE: &str = "INSERT INTO retired_secrets (secret_hash, token_id, retired_at, grace_until) \

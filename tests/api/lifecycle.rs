@@ -166,6 +166,16 @@ async fn a_token_reads_and_rotates_itself_without_the_management_scope(app: Test
         .into_inner();
     assert!(me.rotated_at.is_some());
 
+    // Within its grace the old secret still introspects, but manages nothing: it
+    // may be the leaked one.
+    assert!(app.is_active(&secret).await);
+    let err = tokens
+        .get_self(authed(&secret, GetSelfRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("rotated"), "{}", err.message());
+
     // The rotated-away secret cannot rotate again once its grace is over: that
     // is reuse, and the whole token goes.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -181,6 +191,39 @@ async fn a_token_reads_and_rotates_itself_without_the_management_scope(app: Test
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+async fn a_token_cannot_extend_its_own_life_without_the_management_scope(app: TestApp) {
+    let hour = 3_600_000_000;
+    let expires_at = clock::now_micros() + hour;
+    let (reader, _) = app
+        .mint(("carol", "acme"), &["tag:read"], Some(expires_at))
+        .await;
+    let mut tokens = app.tokens().await;
+    let longer = RotateSelfRequest {
+        expires_at: Some(clock::to_timestamp(expires_at + hour)),
+        grace_period: None,
+    };
+    let err = tokens
+        .rotate_self(authed(&reader, longer.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let shorter = RotateSelfRequest {
+        expires_at: Some(clock::to_timestamp(expires_at - hour / 2)),
+        grace_period: None,
+    };
+    assert!(tokens.rotate_self(authed(&reader, shorter)).await.is_ok());
+
+    // A token that could mint a longer-lived one anyway may extend itself.
+    let (manager, _) = app
+        .mint(
+            ("dave", "acme"),
+            &["personalAccessToken:write"],
+            Some(expires_at),
+        )
+        .await;
+    assert!(tokens.rotate_self(authed(&manager, longer)).await.is_ok());
 }
 
 async fn a_rotation_through_one_server_retires_the_secret_on_another(app: TestApp) {
@@ -361,6 +404,7 @@ backend_tests!(
     an_old_secret_used_after_its_grace_revokes_the_token,
     a_token_reads_and_rotates_itself_without_the_management_scope,
     a_rotation_through_one_server_retires_the_secret_on_another,
+    a_token_cannot_extend_its_own_life_without_the_management_scope,
     an_allowlisted_token_works_only_from_its_networks,
     the_last_client_address_is_recorded with quick_last_used,
     list_filters_and_orders_page_through_exactly with quick_last_used,
