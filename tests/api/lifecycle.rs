@@ -205,7 +205,7 @@ async fn a_token_cannot_extend_its_own_life_without_the_management_scope(app: Te
         grace_period: None,
     };
     let err = tokens
-        .rotate_self(authed(&reader, longer.clone()))
+        .rotate_self(authed(&reader, longer))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
