@@ -15,11 +15,15 @@ use crate::clock;
 use crate::metrics::{CacheLookup, Metrics};
 use crate::model::{Actor, Owner, TokenRecord, TokenState};
 use crate::store::{
-    ChangeMark, EventKind, HashMatch, Heard, Rotated, Rotation, Store, StoreResult, StoredToken,
+    ChangeMark, Event, EventKind, HashMatch, Heard, Rotated, Rotation, Store, StoreResult,
+    StoredToken,
 };
 use crate::token::{Secret, SecretHash, TokenFormat};
 
 /// Changes older than this are pruned: no process can still need them.
+/// Refusals of callers without a valid credential are kept this long (30 days);
+/// every other audit event is kept for good.
+const ANONYMOUS_DENIAL_RETENTION_MICROS: i64 = 30 * 24 * 3_600 * 1_000_000;
 const CHANGE_RETENTION_MICROS: i64 = 86_400_000_000;
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How long past one poll interval the cache may answer without a successful poll.
@@ -264,10 +268,14 @@ impl Verifier {
                     continue;
                 };
                 let record = found.stored.record;
+                let now = clock::now_micros();
                 if record.revoked_at.is_some() {
+                    // Still worth knowing: a revoked token is out in public.
+                    let detail = format!("{detail} (already revoked)");
+                    let event = Event::about(EventKind::LeakReported, &record, &actor, now, detail);
+                    inner.store.record_event(&event).await?;
                     continue;
                 }
-                let now = clock::now_micros();
                 let done = inner
                     .store
                     .revoke_with_detail(
@@ -502,6 +510,10 @@ impl Verifier {
                     let before = clock::now_micros() - CHANGE_RETENTION_MICROS;
                     if let Err(err) = store.prune_changes(before).await {
                         tracing::warn!(error = %err, "pruning token changes failed");
+                    }
+                    let before = clock::now_micros() - ANONYMOUS_DENIAL_RETENTION_MICROS;
+                    if let Err(err) = store.prune_anonymous_denials(before).await {
+                        tracing::warn!(error = %err, "pruning anonymous refusals failed");
                     }
                 });
             }

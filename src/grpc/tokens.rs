@@ -26,6 +26,7 @@ pub struct TokenApi {
     verifier: Verifier,
     callers: Callers,
     denials: RateLimit,
+    anonymous_denials: KeyedRateLimit<Option<IpAddr>>,
     policy: Policy,
     leak_reports: KeyedRateLimit<Option<IpAddr>>,
 }
@@ -51,6 +52,8 @@ fn network_of(ip: IpAddr) -> IpAddr {
 
 /// Refused calls recorded per second, at most.
 pub const DENIALS_PER_SECOND: u32 = 50;
+/// Refused calls without a valid credential recorded per minute from one network.
+pub const ANONYMOUS_DENIALS_PER_MINUTE: u32 = 10;
 
 impl TokenApi {
     /// One page of tokens: the page token must come from the same query.
@@ -146,6 +149,11 @@ impl TokenApi {
             callers,
             policy,
             denials: RateLimit::new(DENIALS_PER_SECOND),
+            anonymous_denials: KeyedRateLimit::new(
+                ANONYMOUS_DENIALS_PER_MINUTE,
+                Duration::from_secs(60),
+                10_000,
+            ),
             leak_reports: KeyedRateLimit::new(
                 LEAK_REPORTS_PER_MINUTE,
                 Duration::from_secs(60),
@@ -168,10 +176,20 @@ impl TokenApi {
             Err(refusal) => refusal,
         };
         let status = refusal.status;
+        // Anonymous refusals also have a budget per network, so that one source
+        // cannot use up the budget that real refusals (valid tokens) need.
+        let peer = peer_of(request);
+        let admitted = match refusal.principal {
+            Some(_) => true,
+            None => self
+                .anonymous_denials
+                .admit(&peer.map(|addr| network_of(addr.ip()))),
+        };
         if matches!(
             status.code(),
             Code::Unauthenticated | Code::PermissionDenied
-        ) && self.denials.admit()
+        ) && admitted
+            && self.denials.admit()
         {
             let event = Event {
                 seq: 0,
@@ -180,10 +198,7 @@ impl TokenApi {
                 token_id: None,
                 subject: refusal.owner.as_ref().map(|owner| owner.subject.clone()),
                 account: refusal.owner.map(|owner| owner.account),
-                actor: Actor::new(
-                    refusal.principal.as_deref().unwrap_or("anonymous"),
-                    peer_of(request),
-                ),
+                actor: Actor::new(refusal.principal.as_deref().unwrap_or("anonymous"), peer),
                 detail: format!("{method}: {}", status.message()),
             };
             if let Err(err) = self.verifier.store().record_event(&event).await {

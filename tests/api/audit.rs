@@ -5,6 +5,7 @@ use patd::proto::{
     CreateTokenRequest, DeleteTokenRequest, ListTokenEventsRequest, ListTokensRequest,
     ReportLeakedTokensRequest, RevokeTokenRequest, RotateTokenRequest, TokenEvent,
 };
+use patd::store::EventKind;
 use tonic::Code;
 
 use crate::backend_tests;
@@ -242,6 +243,23 @@ async fn reported_leaks_are_revoked_and_the_answer_reveals_nothing(app: TestApp)
         event.detail
     );
 
+    // Reporting it again records that a revoked token is public, revokes nothing.
+    tokens
+        .report_leaked_tokens(report(vec![leaked.clone()]))
+        .await
+        .unwrap();
+    let trail = events(&app, &reader, 50).await;
+    let again = &trail[0];
+    assert_eq!(
+        (again.kind.as_str(), again.token_id.as_str()),
+        ("leak_reported", leaked_record.id.as_str())
+    );
+    assert!(
+        again.detail.ends_with("(already revoked)"),
+        "{}",
+        again.detail
+    );
+
     let too_many = tokens
         .report_leaked_tokens(report(vec!["x".to_owned(); 1001]))
         .await
@@ -272,4 +290,50 @@ backend_tests!(
     reuse_and_operator_actions_are_attributed,
     reported_leaks_are_revoked_and_the_answer_reveals_nothing,
     leak_reports_are_rate_limited_per_peer,
+    anonymous_refusals_cannot_flood_the_trail,
 );
+
+async fn anonymous_refusals_cannot_flood_the_trail(app: TestApp) {
+    let mut tokens = app.tokens().await;
+    for _ in 0..25 {
+        let junk = app.format.generate().expose().to_owned();
+        let _ = tokens
+            .list_tokens(authed(&junk, ListTokensRequest::default()))
+            .await;
+    }
+    // A refused valid token is still recorded: its budget is not the anonymous one.
+    let (reader, _) = app.mint(("bob", "acme"), &["tag:read"], None).await;
+    let _ = tokens
+        .list_tokens(authed(&reader, ListTokensRequest::default()))
+        .await;
+    let all = app
+        .store
+        .list_events(None, None, 1000)
+        .await
+        .unwrap()
+        .events;
+    let denied = |actor: &str| {
+        all.iter()
+            .filter(|event| {
+                event.kind == EventKind::Denied && event.actor.principal.starts_with(actor)
+            })
+            .count()
+    };
+    assert_eq!(denied("anonymous"), 10, "10 a minute from one network");
+    assert_eq!(denied("token:"), 1);
+
+    // Anonymous refusals age out; nothing else does.
+    let pruned = app
+        .store
+        .prune_anonymous_denials(patd::clock::now_micros() + 1)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 10);
+    let left = app
+        .store
+        .list_events(None, None, 1000)
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(left.len(), all.len() - 10);
+}
