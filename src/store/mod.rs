@@ -707,6 +707,9 @@ macro_rules! insert_event {
     }};
 }
 
+/// Retired secrets kept per token (see [`Store::rotate`]).
+pub const MAX_RETIRED_SECRETS: i64 = 100;
+
 /// `INSERT ... VALUES` rows per statement: 11 parameters each stays well inside
 /// both backends' parameter limits.
 const INSERT_ROWS_PER_STATEMENT: usize = 500;
@@ -1035,6 +1038,12 @@ impl Store {
         );
         const RETIRE: &str = "INSERT INTO retired_secrets (secret_hash, token_id, retired_at, grace_until) \
              VALUES ($1, $2, $3, $4)";
+        // A token keeps its last MAX_RETIRED_SECRETS retired secrets, so that
+        // rotating in a loop cannot grow storage without bound; an older one
+        // presented later is merely unknown.
+        const FORGET_OLDEST: &str = "DELETE FROM retired_secrets WHERE token_id = $1 AND secret_hash NOT IN \
+             (SELECT secret_hash FROM retired_secrets WHERE token_id = $1 \
+              ORDER BY retired_at DESC LIMIT $2)";
         let Rotation {
             owner,
             id,
@@ -1080,6 +1089,11 @@ impl Store {
                 .bind(id)
                 .bind(now)
                 .bind(grace_until)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(FORGET_OLDEST)
+                .bind(id)
+                .bind(MAX_RETIRED_SECRETS)
                 .execute(&mut *tx)
                 .await?;
             let record: TokenRecord = replaced.clone().into();

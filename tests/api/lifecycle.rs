@@ -405,6 +405,7 @@ backend_tests!(
     a_token_reads_and_rotates_itself_without_the_management_scope,
     a_rotation_through_one_server_retires_the_secret_on_another,
     a_token_cannot_extend_its_own_life_without_the_management_scope,
+    a_token_keeps_its_last_hundred_retired_secrets,
     an_allowlisted_token_works_only_from_its_networks,
     the_last_client_address_is_recorded with quick_last_used,
     list_filters_and_orders_page_through_exactly with quick_last_used,
@@ -663,4 +664,31 @@ async fn a_trusted_mailer_lists_tokens_expiring_soon_across_subjects(app: TestAp
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+async fn a_token_keeps_its_last_hundred_retired_secrets(app: TestApp) {
+    let (first, _) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    let mut tokens = app.tokens().await;
+    let mut secrets = vec![first];
+    for _ in 0..(patd::store::MAX_RETIRED_SECRETS + 1) {
+        let rotated = tokens
+            .rotate_self(authed(
+                secrets.last().unwrap(),
+                RotateSelfRequest::default(),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        secrets.push(rotated.secret);
+    }
+    let current = secrets.last().unwrap().clone();
+    // The oldest retired secret was forgotten: now merely unknown, no reuse alarm.
+    assert!(!app.is_active(&secrets[0]).await);
+    assert!(
+        app.is_active(&current).await,
+        "forgotten secrets trigger nothing"
+    );
+    // One still remembered is reuse, and revokes the token.
+    assert!(!app.is_active(&secrets[1]).await);
+    assert!(!app.is_active(&current).await);
 }
