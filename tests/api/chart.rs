@@ -314,6 +314,47 @@ fn render_config(values: &Value) -> String {
     out
 }
 
+/// A float64 as Go's `%v` prints it: `%g` with the shortest digits, switching to
+/// an exponent from 1e+06 on (1000000 is `1e+06`, 131072 stays `131072`).
+fn go_float(value: f64) -> String {
+    assert_eq!(
+        value.fract(),
+        0.0,
+        "only whole numbers occur in these values"
+    );
+    let digits = format!("{}", value.abs() as u64);
+    let exponent = digits.len() - 1;
+    let sign = if value < 0.0 { "-" } else { "" };
+    if exponent < 6 {
+        return format!("{sign}{digits}");
+    }
+    let mantissa = digits.trim_end_matches('0');
+    let (first, rest) = mantissa.split_at(1);
+    let fraction = if rest.is_empty() {
+        String::new()
+    } else {
+        format!(".{rest}")
+    };
+    format!("{sign}{first}{fraction}e+{exponent:02}")
+}
+
+#[test]
+fn numbers_render_as_helm_prints_them() {
+    assert_eq!(go_float(1_000_000.0), "1e+06");
+    assert_eq!(go_float(1_234_567.0), "1.234567e+06");
+    assert_eq!(go_float(131_072.0), "131072");
+    // So every number patd reads as an integer goes through int64 in the template.
+    let configmap = template("configmap.yaml");
+    for line in configmap.lines().filter(|line| line.contains(" = {{ .")) {
+        let quoted = line.contains("| quote");
+        let boolean = line.contains("preloadCache");
+        assert!(
+            quoted || boolean || line.contains("| int64"),
+            "a number rendered without int64: {line}"
+        );
+    }
+}
+
 /// The value a template path names: `.Values.a.b` from the root, `.a` from `dot`.
 fn resolve<'a>(path: &str, root: &'a Value, dot: &'a Value) -> Option<&'a Value> {
     match path.strip_prefix(".Values.") {
@@ -376,15 +417,19 @@ fn render_lines(lines: &[&str], root: &Value, dot: &Value, out: &mut String) {
         while let Some(start) = rendered.find("{{ .") {
             let end = start + rendered[start..].find("}}").unwrap() + 2;
             let action = rendered[start + 3..end - 2].trim().to_owned();
-            let (path, quoted) = match action.strip_suffix(" | quote") {
-                Some(path) => (path, true),
-                None => (action.as_str(), false),
+            let (path, pipe) = match action.split_once(" | ") {
+                Some((path, pipe)) => (path, Some(pipe)),
+                None => (action.as_str(), None),
             };
             let value = resolve(path, root, dot).unwrap_or_else(|| panic!("{path} exists"));
-            let text = match (value, quoted) {
-                (Value::String(s), true) => serde_json::to_string(s).unwrap(),
-                (Value::String(s), false) => s.clone(),
-                (other, _) => other.to_string(),
+            let text = match (value, pipe) {
+                (Value::String(s), Some("quote")) => serde_json::to_string(s).unwrap(),
+                (Value::String(s), None) => s.clone(),
+                (Value::Number(n), Some("int64")) => n.as_f64().unwrap().trunc().to_string(),
+                // Helm reads YAML numbers as float64 and prints them with Go's %v.
+                (Value::Number(n), None) => go_float(n.as_f64().unwrap()),
+                (Value::Bool(b), None) => b.to_string(),
+                (other, pipe) => panic!("the renderer does not know {other} | {pipe:?}"),
             };
             rendered.replace_range(start..end, &text);
         }
@@ -682,10 +727,6 @@ fn chart_has_every_object_a_fleet_needs() {
     let job = template("migration-job.yaml");
     assert!(job.contains("\"helm.sh/hook\": pre-install,pre-upgrade"));
     assert!(job.contains("args: [\"migrate\"]"));
-    assert!(
-        !job.contains("patd.selectorLabels"),
-        "the Services must not select the migration pod"
-    );
     // The Secret it reads must exist before it: a hook of lower weight.
     let secret = template("secret.yaml");
     assert!(secret.contains("\"helm.sh/hook\": pre-install,pre-upgrade"));
@@ -697,6 +738,23 @@ fn chart_has_every_object_a_fleet_needs() {
     assert!(
         test_pod.contains("- health\n"),
         "the test pod runs `patd health`"
+    );
+    // The pods of hooks carry labels of their own (the Job object may carry the
+    // release's): Services, the PDB and the HPA must not count them.
+    let job_pod = job.split("\n  template:\n").nth(1).expect("a pod template");
+    for pod in [job_pod, test_pod.as_str()] {
+        assert!(
+            !pod.contains("patd.labels") && !pod.contains("patd.selectorLabels"),
+            "{pod}"
+        );
+    }
+    // `kubectl exec … patd admin` must read the same configuration as the server.
+    assert!(
+        template("deployment.yaml")
+            .contains("- name: PATD_CONFIG\n              value: /etc/patd/patd.toml")
+    );
+    assert!(
+        template("_helpers.tpl").contains("clientCertDnsName needs tls.enabled and tls.clientAuth")
     );
 }
 

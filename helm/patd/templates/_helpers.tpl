@@ -73,6 +73,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
       key: {{ include "patd.databaseSecretKey" . }}
 {{- end }}
 
+{{/* A trusted caller known by its client certificate needs verified client certificates. */}}
+{{- define "patd.checkTrustedCallers" -}}
+{{- range .Values.trustedCallers }}
+{{- if and .clientCertDnsName (not (and $.Values.tls.enabled $.Values.tls.clientAuth)) }}
+{{- fail (printf "trustedCallers %s: clientCertDnsName needs tls.enabled and tls.clientAuth" .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* The port kubelet probes: the plaintext health port when the main one has TLS. */}}
 {{- define "patd.probePort" -}}
 {{- if .Values.tls.enabled }}{{ .Values.tls.healthPort }}{{ else }}{{ .Values.service.port }}{{ end }}
