@@ -185,6 +185,11 @@ fn bad_values_are_rejected_by_the_schema() {
         ),
         ("tls.healthPort", Some(json!(0)), "health port out of range"),
         (
+            "preStopSleepSeconds",
+            Some(json!(0)),
+            "zero preStop sleep (refused before 1.33)",
+        ),
+        (
             "introspectionCallers",
             Some(json!("everyone")),
             "introspection policy",
