@@ -440,6 +440,17 @@ fn print_token(token: &proto::Token, json: bool) {
     }
 }
 
+/// A server that hands back the page token it was given would make paging spin.
+fn ensure_progress(previous: &str, next: &str) -> Result<(), ClientError> {
+    if previous == next {
+        return Err(ClientError::new(
+            exit::FAILED,
+            "the server returned the same page token twice; stopping",
+        ));
+    }
+    Ok(())
+}
+
 /// A new secret: on stdout alone (details on stderr), or all as JSON.
 fn print_created(created: &proto::CreateTokenResponse, json: bool) {
     let token = created.token.clone().unwrap_or_default();
@@ -530,7 +541,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
             loop {
                 let request = proto::ListTokensRequest {
                     page_size,
-                    page_token,
+                    page_token: page_token.clone(),
                     state: state.into(),
                     name_contains: name_contains.clone().unwrap_or_default(),
                     order_by: order.into(),
@@ -559,6 +570,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                 if page.next_page_token.is_empty() {
                     return Ok(());
                 }
+                ensure_progress(&page_token, &page.next_page_token)?;
                 page_token = page.next_page_token;
             }
         }
@@ -623,7 +635,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
             while shown < limit {
                 let request = proto::ListTokenEventsRequest {
                     page_size: i32::try_from((limit - shown).min(1000)).unwrap_or(1000),
-                    page_token,
+                    page_token: page_token.clone(),
                 };
                 let page = client
                     .list_token_events(authed(&auth, request)?)
@@ -653,18 +665,28 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                     }
                 }
                 shown += page.events.len();
-                if page.next_page_token.is_empty() {
+                if page.next_page_token.is_empty() || page.events.is_empty() {
                     break;
                 }
+                ensure_progress(&page_token, &page.next_page_token)?;
                 page_token = page.next_page_token;
             }
             Ok(())
         }
         ClientCommand::ReportLeak { conn, source } => {
-            let tokens: Vec<String> = std::io::stdin()
+            // Every line or an error: a report must not silently leave tokens out.
+            let lines: Vec<String> = std::io::stdin()
                 .lock()
                 .lines()
-                .map_while(Result::ok)
+                .collect::<Result<_, _>>()
+                .map_err(|err| {
+                    ClientError::new(
+                        exit::FAILED,
+                        format!("cannot read tokens from stdin: {err}"),
+                    )
+                })?;
+            let tokens: Vec<String> = lines
+                .iter()
                 .map(|line| line.trim().to_owned())
                 .filter(|line| !line.is_empty())
                 .collect();

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
@@ -27,6 +27,53 @@ const BUCKETS_MICROS: [u64; 14] = [
 /// Distinct (service, method, code) series kept; calls beyond are counted as
 /// `other`, so that random paths cannot grow memory or a scrape without bound.
 const MAX_CALL_SERIES: usize = 256;
+
+/// Services this server answers; calls to any other path count as `other`.
+const SERVED_PREFIXES: [&str; 5] = [
+    "/pat.v1.",
+    "/grpc.health.v1.",
+    "/grpc.reflection.v1.",
+    "/grpc.reflection.v1alpha.",
+    "/envoy.service.auth.v3.",
+];
+
+/// Standard gRPC code names, as go-grpc-prometheus and OpenTelemetry label them.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// The call shape, as go-grpc-prometheus labels it.
+fn grpc_type(path: &str) -> &'static str {
+    if path.ends_with("/ServerReflectionInfo") {
+        "bidi_stream"
+    } else if path == "/grpc.health.v1.Health/Watch" {
+        "server_stream"
+    } else {
+        "unary"
+    }
+}
+
+/// Scrape connections served at once; more wait to be accepted.
+const MAX_SCRAPERS: usize = 16;
 
 /// Where calls beyond [`MAX_CALL_SERIES`] paths are counted.
 const OTHER_PATH: &str = "/other/other";
@@ -184,7 +231,8 @@ pub struct Metrics {
     introspect: [AtomicU64; OUTCOMES.len()],
     cache: [AtomicU64; CACHE_LOOKUPS.len()],
     checks: [AtomicU64; CHECKS.len()],
-    token_counts: Mutex<Option<(Instant, TokenCounts)>>,
+    /// Async: concurrent scrapes wait for one count instead of each scanning.
+    token_counts: tokio::sync::Mutex<Option<(Instant, TokenCounts)>>,
 }
 
 impl Metrics {
@@ -196,13 +244,25 @@ impl Metrics {
             return;
         }
         let mut calls = self.calls.write().expect("lock poisoned");
-        let path = if calls.len() < MAX_CALL_SERIES || calls.contains_key(path) {
+        // Paths of services we do not serve are anyone's to invent: one series.
+        let ours = SERVED_PREFIXES
+            .iter()
+            .any(|prefix| path.starts_with(prefix));
+        let path = if ours && (calls.len() < MAX_CALL_SERIES || calls.contains_key(path)) {
             path
         } else {
             OTHER_PATH
         };
         let series = calls.entry(path.to_owned()).or_default();
         series.by_code[code].observe(latency);
+    }
+
+    /// Calls to `path` that ended with `code` so far.
+    pub fn handled(&self, path: &str, code: tonic::Code) -> u64 {
+        let calls = self.calls.read().expect("lock poisoned");
+        calls.get(path).map_or(0, |series| {
+            series.by_code[(code as usize).min(CODES - 1)].count()
+        })
     }
 
     pub fn record_introspect(&self, outcome: IntrospectOutcome) {
@@ -232,14 +292,15 @@ impl Metrics {
 
     /// Token counts by state, from storage at most every [`TOKEN_COUNT_MAX_AGE`].
     async fn token_counts(&self, store: &Store) -> Option<TokenCounts> {
-        if let Some((taken, counts)) = *self.token_counts.lock().expect("lock poisoned")
+        let mut cached = self.token_counts.lock().await;
+        if let Some((taken, counts)) = *cached
             && taken.elapsed() < TOKEN_COUNT_MAX_AGE
         {
             return Some(counts);
         }
         match store.count_by_state(clock::now_micros()).await {
             Ok(counts) => {
-                *self.token_counts.lock().expect("lock poisoned") = Some((Instant::now(), counts));
+                *cached = Some((Instant::now(), counts));
                 Some(counts)
             }
             Err(err) => {
@@ -275,10 +336,11 @@ impl Metrics {
                 let count = histogram.count();
                 if count > 0 {
                     let labels = format!(
-                        "grpc_service=\"{}\",grpc_method=\"{}\",grpc_code=\"{:?}\"",
+                        "grpc_type=\"{}\",grpc_service=\"{}\",grpc_method=\"{}\",grpc_code=\"{}\"",
+                        grpc_type(path),
                         escape(service),
                         escape(method),
-                        tonic::Code::from_i32(code as i32)
+                        code_name(tonic::Code::from_i32(code as i32))
                     );
                     calls.push((labels, histogram, count));
                 }
@@ -383,7 +445,13 @@ fn escape(value: &str) -> String {
 
 /// Serves `GET /metrics` over HTTP/1.1 on `listener` (until the task is dropped).
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Store) {
+    let scrapers = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
     loop {
+        let permit = scrapers
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(err) => {
@@ -401,9 +469,13 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Store) {
             async move { Ok::<_, std::convert::Infallible>(respond(&metrics, &store, request).await) }
         });
         tokio::spawn(async move {
+            let _permit = permit;
+            // One request per connection: a scrape is one GET, and a connection
+            // cannot then be held open indefinitely.
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(Duration::from_secs(60), connection).await;
         });
@@ -468,21 +540,28 @@ mod tests {
     #[test]
     fn call_series_are_bounded() {
         let metrics = Metrics::default();
-        for i in 0..(MAX_CALL_SERIES + 50) {
-            metrics.record_call(
-                &format!("/svc/m{i}"),
-                tonic::Code::Unimplemented,
-                Duration::ZERO,
-            );
+        for i in 0..50 {
+            let path = format!("/made.up.Service{i}/Method");
+            metrics.record_call(&path, tonic::Code::Unimplemented, Duration::ZERO);
         }
-        let calls = metrics.calls.read().unwrap();
         assert_eq!(
-            calls.len(),
+            metrics.calls.read().unwrap().len(),
+            1,
+            "paths of services we do not serve share one series"
+        );
+        assert_eq!(metrics.handled(OTHER_PATH, tonic::Code::Unimplemented), 50);
+
+        let metrics = Metrics::default();
+        for i in 0..(MAX_CALL_SERIES + 50) {
+            let path = format!("/pat.v1.TokenService/Method{i}");
+            metrics.record_call(&path, tonic::Code::Unimplemented, Duration::ZERO);
+        }
+        assert_eq!(
+            metrics.calls.read().unwrap().len(),
             MAX_CALL_SERIES + 1,
             "the excess shares one `other` series"
         );
-        let other = &calls[OTHER_PATH].by_code[tonic::Code::Unimplemented as usize];
-        assert_eq!(other.count(), 50);
+        assert_eq!(metrics.handled(OTHER_PATH, tonic::Code::Unimplemented), 50);
     }
 
     #[test]

@@ -198,8 +198,13 @@ async fn watch_storage(
                 store.set_reachable(true);
                 if serving != Some(true) && !draining.load(Ordering::Acquire) {
                     set_health(&reporter, ServingStatus::Serving).await;
-                    tracing::info!(backend = store.backend_name(), "storage ready: SERVING");
-                    serving = Some(true);
+                    // Shutdown may have begun while SERVING was being set: it wins.
+                    if draining.load(Ordering::Acquire) {
+                        set_health(&reporter, ServingStatus::NotServing).await;
+                    } else {
+                        tracing::info!(backend = store.backend_name(), "storage ready: SERVING");
+                        serving = Some(true);
+                    }
                 }
                 if let Some(verifier) = preload.as_ref().filter(|_| preloader.is_none()) {
                     let verifier = verifier.clone();
@@ -311,6 +316,7 @@ pub async fn run(
         .map(|tls| AbortOnDrop(tokio::spawn(tls.watch())));
     let scheme = if tls.is_some() { "https" } else { "http" };
     let (incoming, acceptor) = tls::incoming(listener, tls);
+    let stop_accepting = acceptor.abort_handle();
     let acceptor = AbortOnDrop(acceptor);
 
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
@@ -322,8 +328,36 @@ pub async fn run(
         tracing::info!("shutdown requested: reporting NOT_SERVING and draining");
         signal_draining.store(true, Ordering::Release);
         set_health(&signal_reporter, ServingStatus::NotServing).await;
+        // New connections are refused from now on, not accepted and left hanging.
+        stop_accepting.abort();
         let _ = draining_tx.send(());
     };
+
+    // The side ports answer from the start: liveness must not wait for storage.
+    let metrics_server = metrics_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        }
+        AbortOnDrop(tokio::spawn(metrics::serve(
+            listener,
+            verifier.metrics().clone(),
+            store.clone(),
+        )))
+    });
+    let health_server = health_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "health (plaintext) listening");
+        }
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let health = tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming(incoming);
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(err) = health.await {
+                tracing::error!(error = %err, "health listener failed");
+            }
+        }))
+    });
 
     // One attempt before serving, so that a healthy start is SERVING from the
     // first call (connections meanwhile wait in the listen backlog); after that,
@@ -351,30 +385,6 @@ pub async fn run(
         settings.preload_cache.then(|| verifier.clone()),
         draining,
     )));
-    let metrics_server = metrics_listener.map(|listener| {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "metrics at http://{addr}/metrics");
-        }
-        AbortOnDrop(tokio::spawn(metrics::serve(
-            listener,
-            verifier.metrics().clone(),
-            store.clone(),
-        )))
-    });
-    let health_server = health_listener.map(|listener| {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "health (plaintext) listening");
-        }
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let health = tonic::transport::Server::builder()
-            .add_service(health_service.clone())
-            .serve_with_incoming(incoming);
-        AbortOnDrop(tokio::spawn(async move {
-            if let Err(err) = health.await {
-                tracing::error!(error = %err, "health listener failed");
-            }
-        }))
-    });
     tracing::info!(addr = %local_addr, scheme, backend = store.backend_name(), "listening");
 
     let limits = &settings.limits;

@@ -99,6 +99,7 @@ where
             started: Instant::now(),
             inner: self.inner.call(request),
             metrics: self.metrics.clone(),
+            recorded: false,
         }
     }
 }
@@ -110,6 +111,31 @@ pin_project! {
         method: Option<PathAndQuery>,
         started: Instant,
         metrics: Arc<Metrics>,
+        // Set once the call has been recorded.
+        recorded: bool,
+    }
+
+    impl<F> PinnedDrop for CallLogFuture<F> {
+        // A call dropped before it finished was cut off: by the call timeout, the
+        // client's deadline, or a reset stream. Those matter most; record them.
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !*this.recorded {
+                let method = this.method.as_ref().map_or("", PathAndQuery::path);
+                record(this.metrics, method, tonic::Code::Cancelled, this.started.elapsed());
+            }
+        }
+    }
+}
+
+/// Counts and logs one finished call.
+fn record(metrics: &Metrics, method: &str, code: tonic::Code, latency: std::time::Duration) {
+    metrics.record_call(method, code, latency);
+    let latency_us = latency.as_micros() as u64;
+    if method.starts_with("/grpc.health.") {
+        tracing::debug!(method, code = ?code, latency_us, "call");
+    } else {
+        tracing::info!(method, code = ?code, latency_us, "call");
     }
 }
 
@@ -123,10 +149,9 @@ where
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
         let method = this.method.as_ref().map_or("", PathAndQuery::path);
-        let latency = this.started.elapsed();
-        let latency_us = latency.as_micros() as u64;
         // Errors travel as a trailers-only response (grpc-status in the headers);
-        // a unary call whose headers carry no status succeeded.
+        // a unary call whose headers carry no status succeeded. (For streams this
+        // is the status when the stream starts.)
         let code = match &result {
             Ok(response) => response
                 .headers()
@@ -135,12 +160,8 @@ where
                 .map_or(tonic::Code::Ok, tonic::Code::from_i32),
             Err(_) => tonic::Code::Unknown,
         };
-        this.metrics.record_call(method, code, latency);
-        if method.starts_with("/grpc.health.") {
-            tracing::debug!(method, code = ?code, latency_us, "call");
-        } else {
-            tracing::info!(method, code = ?code, latency_us, "call");
-        }
+        *this.recorded = true;
+        record(this.metrics, method, code, this.started.elapsed());
         Poll::Ready(result)
     }
 }
@@ -247,6 +268,52 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("\"code\":\"Unauthenticated\""), "{line}");
+    }
+
+    /// Never answers.
+    struct Hang;
+
+    impl Service<http::Request<()>> for Hang {
+        type Response = http::Response<()>;
+        type Error = Infallible;
+        type Future = std::future::Pending<Result<http::Response<()>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            std::future::pending()
+        }
+    }
+
+    #[test]
+    fn a_call_cut_off_before_it_finished_is_logged_and_counted_as_cancelled() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber =
+            subscriber("info", LogFormat::Text, false, move || writer.clone()).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        tracing::subscriber::with_default(subscriber, || {
+            let mut service = CallLogLayer::new(metrics.clone()).layer(Hang);
+            let request = http::Request::builder()
+                .uri("/pat.v1.IntrospectionService/Introspect")
+                .body(())
+                .unwrap();
+            let mut call = Box::pin(service.call(request));
+            let polled = call.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+            assert!(polled.is_pending());
+            drop(call);
+        });
+        let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(log.contains("code=Cancelled"), "{log}");
+        assert!(
+            metrics.handled(
+                "/pat.v1.IntrospectionService/Introspect",
+                tonic::Code::Cancelled
+            ) == 1
+        );
     }
 
     #[test]

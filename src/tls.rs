@@ -26,8 +26,54 @@ use tokio_stream::wrappers::ReceiverStream;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections accepted but not yet handed to the server.
 const ACCEPT_QUEUE: usize = 1024;
-/// TLS handshakes in progress at once; accepting waits beyond that.
-const MAX_HANDSHAKES: usize = 256;
+/// TLS handshakes in progress at once, in all and from one address; connections
+/// beyond are closed at once rather than queued, so that idle sockets that never
+/// finish a handshake cannot hold the port for everyone else.
+const MAX_HANDSHAKES: usize = 512;
+const MAX_HANDSHAKES_PER_PEER: usize = 32;
+
+/// Handshake slots, in all and per peer address.
+#[derive(Default)]
+struct HandshakeSlots {
+    per_peer: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One handshake in progress; its slot is freed on drop.
+struct HandshakeSlot {
+    slots: Arc<HandshakeSlots>,
+    peer: std::net::IpAddr,
+}
+
+impl HandshakeSlots {
+    fn take(self: &Arc<Self>, peer: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let mut per_peer = self.per_peer.lock().expect("lock poisoned");
+        let total: usize = per_peer.values().sum();
+        let mine = per_peer.entry(peer).or_insert(0);
+        if total >= MAX_HANDSHAKES || *mine >= MAX_HANDSHAKES_PER_PEER {
+            if *mine == 0 {
+                per_peer.remove(&peer);
+            }
+            return None;
+        }
+        *mine += 1;
+        Some(HandshakeSlot {
+            slots: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut per_peer = self.slots.per_peer.lock().expect("lock poisoned");
+        if let Some(count) = per_peer.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
 
 /// Whether clients must present a certificate signed by `client_ca_file`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -296,7 +342,7 @@ pub fn incoming(
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let handshakes = Arc::new(HandshakeSlots::default());
     let acceptor = tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {
@@ -318,13 +364,15 @@ pub fn incoming(
                 Some(tls) => {
                     let acceptor = TlsAcceptor::from(tls.config());
                     let tx = tx.clone();
-                    let permit = handshakes
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("never closed");
+                    let peer = stream
+                        .peer_addr()
+                        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
+                    let Some(slot) = handshakes.take(peer) else {
+                        tracing::debug!(%peer, "too many TLS handshakes in flight; connection closed");
+                        continue;
+                    };
                     tokio::spawn(async move {
-                        let _permit = permit;
+                        let _slot = slot;
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                         {
                             Ok(Ok(stream)) => {
@@ -339,4 +387,31 @@ pub fn incoming(
         }
     });
     (ReceiverStream::new(rx), acceptor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshakes_are_capped_per_peer_and_slots_come_back() {
+        let slots = Arc::new(HandshakeSlots::default());
+        let one = std::net::IpAddr::from([10, 0, 0, 1]);
+        let other = std::net::IpAddr::from([10, 0, 0, 2]);
+        let mut held: Vec<HandshakeSlot> = (0..MAX_HANDSHAKES_PER_PEER)
+            .map(|_| slots.take(one).expect("a slot"))
+            .collect();
+        assert!(slots.take(one).is_none(), "one peer cannot take them all");
+        assert!(slots.take(other).is_some(), "another peer still can");
+        held.pop();
+        assert!(
+            slots.take(one).is_some(),
+            "a finished handshake frees its slot"
+        );
+        drop(held);
+        assert!(
+            slots.per_peer.lock().unwrap().is_empty(),
+            "nothing left behind"
+        );
+    }
 }

@@ -16,6 +16,7 @@ use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
 };
+use patd::proto::introspection_service_client::IntrospectionServiceClient;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -227,6 +228,12 @@ async fn denials_say_401_or_403_with_a_bearer_challenge(app: TestApp) {
     }
     assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
 
+    // Envoy joins repeated headers with commas in the `headers` map.
+    let joined = check_request(Some(&format!("Bearer {secret}, Bearer other")), None);
+    let (code, http, _, body) = denied(&check(&app, joined).await);
+    assert_eq!((code, http), (16, 401));
+    assert!(body.contains("more than one"), "{body}");
+
     let duplicate = raw_check_request(&[&format!("Bearer {secret}"), "Bearer other"], None);
     let (code, http, _, body) = denied(&check(&app, duplicate).await);
     assert_eq!((code, http), (16, 401));
@@ -295,10 +302,15 @@ async fn check_is_served_beside_the_other_services(app: TestApp) {
         .unwrap()
         .into_inner();
     allowed(&response);
-    assert!(
-        app.is_active(&secret).await,
-        "Introspect on the same channel"
-    );
+    let introspected = IntrospectionServiceClient::new(channel)
+        .introspect(patd::proto::IntrospectRequest {
+            token: secret,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(introspected.active, "Introspect on the same channel");
 }
 
 backend_tests!(

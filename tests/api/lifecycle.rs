@@ -110,19 +110,15 @@ async fn an_old_secret_used_after_its_grace_revokes_the_token(app: TestApp) {
     let (old, record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
     let mut tokens = app.tokens().await;
     let rotated = tokens
-        .rotate_token(authed(&manager, rotate(&record.id, grace(600))))
+        .rotate_token(authed(&manager, rotate(&record.id, grace(2_000))))
         .await
         .unwrap()
         .into_inner();
-    let started = Instant::now();
+    let rotated_at = Instant::now();
     assert!(app.is_active(&old).await, "within the grace period");
     assert!(app.is_active(&rotated.secret).await);
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "test too slow to mean anything"
-    );
 
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(2_300).saturating_sub(rotated_at.elapsed())).await;
     assert!(!app.is_active(&old).await, "after the grace period");
     assert!(
         !app.is_active(&rotated.secret).await,
@@ -152,7 +148,7 @@ async fn a_token_reads_and_rotates_itself_without_the_management_scope(app: Test
             &secret,
             RotateSelfRequest {
                 expires_at: None,
-                grace_period: grace(300),
+                grace_period: grace(1_500),
             },
         ))
         .await
@@ -178,7 +174,7 @@ async fn a_token_reads_and_rotates_itself_without_the_management_scope(app: Test
 
     // The rotated-away secret cannot rotate again once its grace is over: that
     // is reuse, and the whole token goes.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
     let reused = tokens
         .rotate_self(authed(&secret, RotateSelfRequest::default()))
         .await

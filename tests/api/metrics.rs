@@ -95,7 +95,7 @@ async fn metrics_count_calls_outcomes_cache_and_tokens(app: TestApp) {
     let introspect = [
         ("grpc_service", "pat.v1.IntrospectionService"),
         ("grpc_method", "Introspect"),
-        ("grpc_code", "Ok"),
+        ("grpc_code", "OK"),
     ];
     assert_eq!(
         value(&scrape, "grpc_server_handled_total", &introspect),

@@ -80,11 +80,16 @@ async fn shutdown_lets_in_flight_calls_finish(app: TestApp) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!call.is_finished(), "the call waits on the lock");
 
+    let addr = app.addr;
     let stopping = tokio::spawn(app.stop());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !stopping.is_finished(),
         "the server waits for the in-flight call"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "new connections are refused while draining, not left hanging"
     );
     lock.release().await;
 
