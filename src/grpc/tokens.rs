@@ -224,15 +224,7 @@ fn requested_id(id: &str) -> Result<&str, Status> {
 
 /// An expiry from a request, if set.
 fn requested_expiry(timestamp: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Status> {
-    timestamp
-        .map(|timestamp| {
-            clock::from_timestamp(timestamp).ok_or_else(|| {
-                Status::invalid_argument(
-                    "expires_at must be between 1970-01-01 and 9999-12-31 with nanos in 0..1e9",
-                )
-            })
-        })
-        .transpose()
+    requested_time("expires_at", timestamp)
 }
 
 /// The longest a rotated-away secret may keep working.
@@ -255,7 +247,8 @@ fn requested_grace(grace: Option<&prost_types::Duration>) -> Result<Duration, St
     Ok(grace)
 }
 
-fn time_filter(
+/// A time from a request's `field`, if set.
+fn requested_time(
     field: &str,
     timestamp: Option<&prost_types::Timestamp>,
 ) -> Result<Option<i64>, Status> {
@@ -444,12 +437,15 @@ impl TokenService for TokenApi {
                 proto::TokenState::Expired => Some(TokenState::Expired),
                 proto::TokenState::Revoked => Some(TokenState::Revoked),
             },
-            created_after: time_filter("created_after", request.created_after.as_ref())?,
-            created_before: time_filter("created_before", request.created_before.as_ref())?,
-            expires_after: time_filter("expires_after", request.expires_after.as_ref())?,
-            expires_before: time_filter("expires_before", request.expires_before.as_ref())?,
-            last_used_after: time_filter("last_used_after", request.last_used_after.as_ref())?,
-            last_used_before: time_filter("last_used_before", request.last_used_before.as_ref())?,
+            created_after: requested_time("created_after", request.created_after.as_ref())?,
+            created_before: requested_time("created_before", request.created_before.as_ref())?,
+            expires_after: requested_time("expires_after", request.expires_after.as_ref())?,
+            expires_before: requested_time("expires_before", request.expires_before.as_ref())?,
+            last_used_after: requested_time("last_used_after", request.last_used_after.as_ref())?,
+            last_used_before: requested_time(
+                "last_used_before",
+                request.last_used_before.as_ref(),
+            )?,
             name_contains: Some(request.name_contains.trim())
                 .filter(|needle| !needle.is_empty())
                 .map(str::to_owned),
@@ -484,7 +480,7 @@ impl TokenService for TokenApi {
             ));
         }
         let request = request.into_inner();
-        let expires_before = time_filter("expires_before", request.expires_before.as_ref())?
+        let expires_before = requested_time("expires_before", request.expires_before.as_ref())?
             .ok_or_else(|| Status::invalid_argument("expires_before is required"))?;
         let filter = TokenFilter {
             state: Some(TokenState::Active),

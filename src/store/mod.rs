@@ -925,7 +925,7 @@ impl Store {
         const LOCK_OWNER: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
         const ACTIVE: &str = "SELECT COUNT(*) FROM tokens WHERE account = $1 AND subject = $2 \
             AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)";
-        let is_postgres = self.backend_name() == "postgres";
+        let is_postgres = matches!(self.backend, Backend::Postgres(_));
         let begin = self.begin_writing();
         let stored = timed!(self, pool => async {
             let mut tx = pool.begin_with(begin).await?;
@@ -1195,6 +1195,7 @@ impl Store {
         page_size: u32,
         now: i64,
     ) -> StoreResult<SearchPage> {
+        #[derive(Clone)]
         enum Param {
             Int(i64),
             Text(String),
@@ -1270,11 +1271,11 @@ impl Store {
                 SortKey::Int(value) => Param::Int(*value),
                 SortKey::Text(value) => Param::Text(value.clone()),
             };
-            push(&mut sql, &format!(" AND ({key} {compare} ?"), key_param);
-            let key_param = match &after.key {
-                SortKey::Int(value) => Param::Int(*value),
-                SortKey::Text(value) => Param::Text(value.clone()),
-            };
+            push(
+                &mut sql,
+                &format!(" AND ({key} {compare} ?"),
+                key_param.clone(),
+            );
             push(&mut sql, &format!(" OR ({key} = ?"), key_param);
             push(
                 &mut sql,

@@ -13,11 +13,10 @@ use patd::proto::{
     RevokeTokenRequest,
 };
 use patd::server::ServerSettings;
-use patd::store::EventKind;
 use patd::verifier::{Inactive, Lane, Verifier};
 
 use crate::backend_tests;
-use crate::helpers::{Backend, TestApp, authed};
+use crate::helpers::{Backend, TestApp, authed, revoke_as_operator};
 
 fn lookups(app: &TestApp) -> u64 {
     app.store.stats().hash_lookups.load(Ordering::Relaxed)
@@ -196,17 +195,7 @@ async fn changes_by_other_processes_arrive_within_the_poll_interval(app: TestApp
     // Another process (the operator CLI, another replica) on the same database.
     let other = TestApp::connect_store(&app.database_url).await;
     let changed = Instant::now();
-    other
-        .revoke(
-            &revoked_record.owner,
-            &revoked_record.id,
-            clock::now_micros(),
-            &Actor::operator(),
-            EventKind::Revoked,
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    revoke_as_operator(&other, &revoked_record).await;
     other
         .delete(
             &deleted_record.owner,
@@ -359,18 +348,7 @@ async fn postgres_a_revoke_committed_late_still_arrives() {
 
     // A later transaction commits first, and the server reads it.
     let other = TestApp::connect_store(&app.database_url).await;
-    let owner = &early_record.owner;
-    other
-        .revoke(
-            owner,
-            &early_record.id,
-            clock::now_micros(),
-            &Actor::operator(),
-            EventKind::Revoked,
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    revoke_as_operator(&other, &early_record).await;
     app.wait_until_inactive(&early).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(app.is_active(&late).await, "not committed yet");

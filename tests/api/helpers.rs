@@ -329,17 +329,7 @@ impl TestApp {
         scopes: &[&str],
     ) -> (String, TokenRecord) {
         let (secret, record) = self.mint(owner, scopes, None).await;
-        let revoked = self
-            .store
-            .revoke(
-                &record.owner,
-                &record.id,
-                clock::now_micros(),
-                &Actor::operator(),
-                EventKind::Revoked,
-            )
-            .await;
-        assert!(revoked.unwrap().is_some());
+        revoke_as_operator(&self.store, &record).await;
         (secret, record)
     }
 
@@ -621,6 +611,21 @@ pub fn spawn_patd(database_url: &str, addr: &str, extra: &[&str]) -> KillOnDrop 
         .spawn()
         .expect("patd starts");
     KillOnDrop(child)
+}
+
+/// Revokes `record` through `store` directly, as `patd admin revoke` (or another
+/// process) does; the token must exist.
+pub async fn revoke_as_operator(store: &Store, record: &TokenRecord) {
+    let revoked = store
+        .revoke(
+            &record.owner,
+            &record.id,
+            clock::now_micros(),
+            &Actor::operator(),
+            EventKind::Revoked,
+        )
+        .await;
+    assert!(revoked.unwrap().is_some(), "token {} exists", record.id);
 }
 
 /// Runs `patd health` against `addr` for `service`, off the test's runtime (the
