@@ -104,7 +104,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::convert::Infallible;
     use std::task::Waker;
 
@@ -113,7 +113,7 @@ mod tests {
     use super::*;
 
     /// Never answers: every admitted call stays in flight.
-    struct Hang;
+    pub(crate) struct Hang;
 
     impl Service<http::Request<()>> for Hang {
         type Response = http::Response<()>;

@@ -177,6 +177,7 @@ mod tests {
     use tower::{Layer, Service};
 
     use super::*;
+    use crate::overload::tests::Hang;
 
     /// Answers every request with the given `grpc-status` header, if any.
     struct Respond(Option<&'static str>);
@@ -268,23 +269,6 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("\"code\":\"Unauthenticated\""), "{line}");
-    }
-
-    /// Never answers.
-    struct Hang;
-
-    impl Service<http::Request<()>> for Hang {
-        type Response = http::Response<()>;
-        type Error = Infallible;
-        type Future = std::future::Pending<Result<http::Response<()>, Infallible>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _: http::Request<()>) -> Self::Future {
-            std::future::pending()
-        }
     }
 
     #[test]

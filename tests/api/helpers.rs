@@ -613,6 +613,15 @@ pub fn spawn_patd(database_url: &str, addr: &str, extra: &[&str]) -> KillOnDrop 
     KillOnDrop(child)
 }
 
+/// A CreateToken request for `name` with `scopes`, no expiry.
+pub fn create(name: &str, scopes: &[&str]) -> patd::proto::CreateTokenRequest {
+    patd::proto::CreateTokenRequest {
+        name: name.to_owned(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
 /// Revokes `record` through `store` directly, as `patd admin revoke` (or another
 /// process) does; the token must exist.
 pub async fn revoke_as_operator(store: &Store, record: &TokenRecord) {

@@ -11,7 +11,7 @@ use patd::grpc::auth::{
 };
 use patd::proto::introspection_service_client::IntrospectionServiceClient;
 use patd::proto::token_service_client::TokenServiceClient;
-use patd::proto::{CreateTokenRequest, IntrospectRequest, ListScopesRequest, ListTokensRequest};
+use patd::proto::{IntrospectRequest, ListScopesRequest, ListTokensRequest};
 use patd::server::ServerSettings;
 use patd::tls::{ClientAuth, TlsReloader, TlsSettings};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
@@ -19,7 +19,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request};
 
 use crate::backend_tests;
-use crate::helpers::{TestApp, authed, health_of};
+use crate::helpers::{TestApp, authed, create, health_of};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 /// A certificate authority for tests.
@@ -232,15 +232,6 @@ fn acting_for<T>(mut request: Request<T>, subject: &str) -> Request<T> {
     metadata.insert("x-patd-act-as-subject", subject.parse().unwrap());
     metadata.insert("x-patd-act-as-account", "acme".parse().unwrap());
     request
-}
-
-fn create(name: &str, scopes: &[&str]) -> CreateTokenRequest {
-    CreateTokenRequest {
-        name: name.to_owned(),
-        scopes: scopes.iter().map(|s| s.to_string()).collect(),
-        expires_at: None,
-        ..Default::default()
-    }
 }
 
 #[tokio::test]

@@ -12,16 +12,7 @@ use prost::Message;
 use tonic::{Code, Request};
 
 use crate::backend_tests;
-use crate::helpers::{TestApp, authed, with_wrong_checksum};
-
-fn create(name: &str, scopes: &[&str]) -> CreateTokenRequest {
-    CreateTokenRequest {
-        name: name.to_owned(),
-        scopes: scopes.iter().map(|s| s.to_string()).collect(),
-        expires_at: None,
-        ..Default::default()
-    }
-}
+use crate::helpers::{TestApp, authed, create, with_wrong_checksum};
 
 fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
     let status = result.expect_err("expected an error status");
