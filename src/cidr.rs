@@ -1,6 +1,5 @@
 //! Per-token IP allowlists: CIDR blocks, IPv4 and IPv6.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -84,12 +83,6 @@ impl CidrList {
 fn nothing() -> IpNet {
     // 0.0.0.0/32 is "this host" and never a client's source address.
     IpNet::from_str("0.0.0.0/32").expect("a valid block")
-}
-
-impl fmt::Display for CidrList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_stored())
-    }
 }
 
 #[cfg(test)]
