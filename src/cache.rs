@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::authority::Authority;
 use crate::cidr::CidrList;
 use crate::model::{Owner, TokenRecord, TokenState};
 use crate::scope::ScopeSet;
@@ -138,6 +139,15 @@ impl CachedToken {
             (None, _) => true,
             (Some(allowed), Some(client)) => allowed.allows(client),
             (Some(_), None) => false,
+        }
+    }
+
+    /// What this token may hand out (see [`Authority`]).
+    pub fn authority(&self) -> Authority {
+        Authority {
+            scopes: self.scopes,
+            allowed_cidrs: self.allowed.as_deref().cloned().unwrap_or_default(),
+            expires_at: self.expires_at(),
         }
     }
 

@@ -35,7 +35,7 @@ impl CidrList {
                         "allowed_cidrs: {shown:?} is not a CIDR block such as 10.0.0.0/8 or 2001:db8::/32"
                     ))
                 })?;
-            let net = net.trunc();
+            let net = canonical_block(net.trunc());
             if !nets.contains(&net) {
                 nets.push(net);
             }
@@ -44,11 +44,12 @@ impl CidrList {
     }
 
     /// The stored form: space-separated blocks. Unparsable blocks (never written
-    /// by patd) allow nothing, so the list fails closed.
+    /// by patd) allow nothing, so the list fails closed. Mapped blocks stored by
+    /// earlier versions read as the IPv4 blocks they mean.
     pub fn from_stored(stored: &str) -> CidrList {
         let nets = stored
             .split_whitespace()
-            .map(|block| IpNet::from_str(block).unwrap_or_else(|_| nothing()))
+            .map(|block| IpNet::from_str(block).map_or_else(|_| nothing(), canonical_block))
             .collect();
         CidrList(nets)
     }
@@ -71,11 +72,41 @@ impl CidrList {
         if self.0.is_empty() {
             return true;
         }
-        let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-            v4 => v4,
-        };
+        let addr = addr.to_canonical();
         self.0.iter().any(|net| net.contains(&addr))
+    }
+
+    /// Whether every address `other` allows is one this list allows (an empty
+    /// list allows every address, so only an empty list covers it).
+    pub fn covers(&self, other: &CidrList) -> bool {
+        if self.0.is_empty() {
+            return true;
+        }
+        !other.0.is_empty()
+            && other
+                .0
+                .iter()
+                .all(|inner| self.0.iter().any(|outer| outer.contains(inner)))
+    }
+}
+
+/// An IPv4-mapped block (`::ffff:a.b.c.d/n`, n >= 96) as the IPv4 block it
+/// means: clients' mapped addresses are compared as IPv4 addresses, so an IPv6
+/// block never matches an IPv4 client (`::/0` means every IPv6 client).
+fn canonical_block(net: IpNet) -> IpNet {
+    let IpNet::V6(v6) = net else {
+        return net;
+    };
+    const MAPPED: ipnet::Ipv6Net =
+        match ipnet::Ipv6Net::new(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96) {
+            Ok(net) => net,
+            Err(_) => panic!("a valid block"),
+        };
+    match v6.addr().to_ipv4_mapped() {
+        Some(v4) if MAPPED.contains(&v6) => {
+            ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4)
+        }
+        _ => net,
     }
 }
 
@@ -113,6 +144,31 @@ mod tests {
             "empty allows any"
         );
         assert_eq!(CidrList::from_stored(&list.to_stored()), list);
+    }
+
+    #[test]
+    fn mapped_blocks_mean_their_ipv4_blocks() {
+        let list = CidrList::parse(&["::ffff:198.51.100.0/120", "::ffff:192.0.2.9"]).unwrap();
+        assert_eq!(list.to_stored(), "198.51.100.0/24 192.0.2.9/32");
+        assert!(list.allows(ip("198.51.100.77")));
+        assert!(list.allows(ip("::ffff:198.51.100.77")));
+        assert!(!list.allows(ip("198.51.101.1")));
+        // An IPv6 block never matches IPv4 clients, mapped or not.
+        let ipv6 = CidrList::parse(&["::/0"]).unwrap();
+        assert!(ipv6.allows(ip("2001:db8::1")));
+        assert!(!ipv6.allows(ip("::ffff:198.51.100.77")));
+        assert!(!ipv6.allows(ip("198.51.100.77")));
+    }
+
+    #[test]
+    fn covering_means_every_address_is_allowed() {
+        let outer = CidrList::parse(&["10.0.0.0/8", "2001:db8::/32"]).unwrap();
+        let inner = CidrList::parse(&["10.2.0.0/16", "2001:db8:1::/48"]).unwrap();
+        assert!(outer.covers(&inner));
+        assert!(!inner.covers(&outer));
+        assert!(!outer.covers(&CidrList::default()), "no allowlist is wider");
+        assert!(CidrList::default().covers(&outer));
+        assert!(!outer.covers(&CidrList::parse(&["11.0.0.0/8"]).unwrap()));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! patd: issues, manages and introspects personal access tokens over gRPC.
 
+pub mod authority;
 pub mod bench;
 pub mod cache;
 pub mod cidr;

@@ -226,6 +226,8 @@ impl TlsReloader {
 /// Who is on the other end of a connection: in every request's extensions.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
+    /// Canonical: an IPv4 client of a dual-stack (`[::]`) listener is its IPv4
+    /// address, not `::ffff:a.b.c.d`, for every budget, allowlist and record.
     pub remote_addr: Option<SocketAddr>,
     /// The client's certificate chain, verified against the client CA bundle.
     pub client_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
@@ -246,6 +248,11 @@ impl PeerInfo {
     }
 }
 
+/// `addr` with an IPv4-mapped IPv6 address as the IPv4 address it is.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// A plaintext or TLS connection.
 pub enum Connection {
     Plain(TcpStream),
@@ -258,13 +265,13 @@ impl tonic::transport::server::Connected for Connection {
     fn connect_info(&self) -> PeerInfo {
         match self {
             Connection::Plain(stream) => PeerInfo {
-                remote_addr: stream.peer_addr().ok(),
+                remote_addr: stream.peer_addr().ok().map(canonical),
                 client_certs: None,
             },
             Connection::Tls(stream) => {
                 let (tcp, session) = stream.get_ref();
                 PeerInfo {
-                    remote_addr: tcp.peer_addr().ok(),
+                    remote_addr: tcp.peer_addr().ok().map(canonical),
                     client_certs: session.peer_certificates().map(|chain| {
                         Arc::new(chain.iter().map(|c| c.clone().into_owned()).collect())
                     }),
@@ -366,7 +373,9 @@ pub fn incoming(
                     let tx = tx.clone();
                     let peer = stream
                         .peer_addr()
-                        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
+                        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |addr| {
+                            addr.ip().to_canonical()
+                        });
                     let Some(slot) = handshakes.take(peer) else {
                         tracing::debug!(%peer, "too many TLS handshakes in flight; connection closed");
                         continue;

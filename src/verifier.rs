@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use crate::authority::Authority;
 use crate::cache::{CacheSettings, Cached, CachedToken, TokenCache};
 use crate::clock;
 use crate::metrics::{CacheLookup, Metrics};
@@ -303,6 +304,7 @@ impl Verifier {
     pub async fn rotate(
         &self,
         owner: Owner,
+        authority: Authority,
         id: String,
         expires_at: Option<i64>,
         grace: Duration,
@@ -315,6 +317,7 @@ impl Verifier {
             let now = clock::now_micros();
             let rotation = Rotation {
                 owner: &owner,
+                authority: &authority,
                 id: &id,
                 new_hash: SecretHash::of(secret.expose()),
                 hint: inner.format.hint(&secret),

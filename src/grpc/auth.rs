@@ -10,9 +10,9 @@ use serde::Deserialize;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
+use crate::authority::Authority;
 use crate::cache::CachedToken;
 use crate::model::{Actor, InvalidArgument, Owner};
-use crate::scope::ScopeSet;
 use crate::store::StoreError;
 use crate::tls::PeerInfo;
 use crate::token::TokenFormat;
@@ -232,9 +232,9 @@ pub async fn bearer<T>(
 #[derive(Debug)]
 pub struct Caller {
     pub owner: Owner,
-    /// The scopes the caller may grant: a user's token's own, or all for a
+    /// What the caller may hand out: a user's token's own limits, or none for a
     /// trusted caller.
-    pub scopes: ScopeSet,
+    pub authority: Authority,
     /// Who is calling and from where, for logs and the audit trail.
     pub actor: Actor,
 }
@@ -306,7 +306,7 @@ pub async fn authenticate<T>(
         })?;
         return Ok(Caller {
             owner,
-            scopes: ScopeSet::ALL,
+            authority: Authority::unlimited(),
             actor: Actor::new(format!("trusted:{name}"), peer_of(request)),
         });
     }
@@ -329,7 +329,7 @@ pub async fn authenticate<T>(
     }
     Ok(Caller {
         owner: token.owner(),
-        scopes: token.scopes,
+        authority: token.authority(),
         actor: Actor::new(principal, peer_of(request)),
     })
 }

@@ -73,9 +73,14 @@ fn authorization_headers(check: &CheckRequest) -> Vec<String> {
         .collect()
 }
 
-/// The downstream client's address, as Envoy reports it (its `source` peer).
+/// The downstream client's address, as Envoy reports it (its `source` peer);
+/// an IPv4-mapped address is the IPv4 address it is.
 fn client_address(check: &CheckRequest) -> Option<IpAddr> {
-    check.get_client_address()?.parse().ok()
+    check
+        .get_client_address()?
+        .parse()
+        .ok()
+        .map(|ip: IpAddr| ip.to_canonical())
 }
 
 fn header(key: &str, value: String) -> HeaderValueOption {

@@ -41,9 +41,13 @@ impl IntrospectionService for IntrospectionApi {
             .map_err(|unknown| Status::invalid_argument(format!("required_scopes: {unknown}")))?;
         let client = match request.client_ip.trim() {
             "" => None,
-            text => Some(text.parse::<IpAddr>().map_err(|_| {
-                Status::invalid_argument("client_ip is not an IPv4 or IPv6 address")
-            })?),
+            text => Some(
+                text.parse::<IpAddr>()
+                    .map_err(|_| {
+                        Status::invalid_argument("client_ip is not an IPv4 or IPv6 address")
+                    })?
+                    .to_canonical(),
+            ),
         };
         let metrics = self.verifier.metrics();
         // Storage errors propagate as UNAVAILABLE/INTERNAL: fail closed.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tonic::{Code, Request, Response, Status};
 
+use crate::authority::{Authority, Grant};
 use crate::cidr::CidrList;
 use crate::clock;
 use crate::grpc::auth::{Caller, Callers, authenticate, bearer, peer_of};
@@ -38,10 +39,11 @@ pub const LEAK_REPORTS_PER_MINUTE: u32 = 30;
 const MAX_SOURCE_CHARS: usize = 200;
 
 /// The network a rate limit counts an address in: IPv6 hosts usually hold a
-/// whole /64, so that is one key; IPv4 addresses count singly.
+/// whole /64, so that is one key; IPv4 addresses (mapped ones included) count
+/// singly.
 fn network_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
+    match ip.to_canonical() {
+        v4 @ IpAddr::V4(_) => v4,
         IpAddr::V6(v6) => {
             let mut segments = v6.segments();
             segments[4..].fill(0);
@@ -95,9 +97,12 @@ impl TokenApi {
         }))
     }
 
+    /// Rotates `owner`'s token `id`, unless the new secret would exceed what
+    /// `authority` (the caller's) holds.
     async fn rotate(
         &self,
         owner: Owner,
+        authority: Authority,
         id: String,
         expires_at: Option<i64>,
         grace: Duration,
@@ -118,11 +123,23 @@ impl TokenApi {
         }
         let rotated = self
             .verifier
-            .rotate(owner, id.clone(), expires_at, grace, actor.clone())
+            .rotate(
+                owner,
+                authority,
+                id.clone(),
+                expires_at,
+                grace,
+                actor.clone(),
+            )
             .await?;
         let (record, secret) = match rotated {
             Ok(rotated) => rotated,
             Err(Rotated::NotFound) => return Err(not_found(&id)),
+            Err(Rotated::Exceeds(exceeds)) => {
+                return Err(Status::permission_denied(format!(
+                    "rotating token {id} would hand out more than the caller holds: {exceeds}"
+                )));
+            }
             Err(Rotated::Inactive(state)) => {
                 return Err(Status::failed_precondition(format!(
                     "token {id} is {}: only active tokens can be rotated",
@@ -370,21 +387,26 @@ impl TokenService for TokenApi {
         let request = request.into_inner();
         let expires_at = requested_expiry(request.expires_at.as_ref())?;
         let allowed_cidrs = CidrList::parse(&request.allowed_cidrs)?;
-        // No escalation: a token can only hand out scopes it holds itself.
         let wanted = parse_scopes(&request.scopes)?;
-        let lacking = wanted.minus(caller.scopes);
-        if !lacking.is_empty() {
-            return Err(Status::permission_denied(format!(
-                "the caller's token lacks scopes it tried to grant: {}",
-                lacking.to_names().join(", ")
-            )));
-        }
         let now = clock::now_micros();
         let account = caller.owner.account.clone();
         let expires_at = self
             .policy
             .expiry(&account, expires_at, now)
             .map_err(Status::invalid_argument)?;
+        // No escalation: a token hands out nothing beyond what it holds.
+        caller
+            .authority
+            .check(Grant {
+                scopes: wanted,
+                allowed_cidrs: &allowed_cidrs,
+                expires_at,
+            })
+            .map_err(|exceeds| {
+                Status::permission_denied(format!(
+                    "the new token would exceed the caller's: {exceeds}"
+                ))
+            })?;
         let spec = TokenSpec {
             name: &request.name,
             scopes: wanted,
@@ -530,8 +552,15 @@ impl TokenService for TokenApi {
         let id = requested_id(&request.id)?.to_owned();
         let expires_at = requested_expiry(request.expires_at.as_ref())?;
         let grace = requested_grace(request.grace_period.as_ref())?;
-        self.rotate(caller.owner, id, expires_at, grace, caller.actor)
-            .await
+        self.rotate(
+            caller.owner,
+            caller.authority,
+            id,
+            expires_at,
+            grace,
+            caller.actor,
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -543,20 +572,11 @@ impl TokenService for TokenApi {
         let actor = Actor::new(format!("token:{}", token.id()), peer_of(&request));
         let request = request.into_inner();
         let expires_at = requested_expiry(request.expires_at.as_ref())?;
-        // Rotating itself must not let a token outlive what it was given, unless
-        // it could have minted a longer-lived token anyway.
-        if let (Some(asked), Some(current)) = (expires_at, token.expires_at())
-            && asked > current
-            && !token.scopes.contains(MANAGE_TOKENS)
-        {
-            return Err(Status::permission_denied(format!(
-                "a token may not extend its own expiry ({}) without {MANAGE_TOKENS}",
-                clock::rfc3339(current)
-            )));
-        }
         let grace = requested_grace(request.grace_period.as_ref())?;
+        // A token bounds itself: rotating cannot extend (or remove) its expiry.
         self.rotate(
             token.owner(),
+            token.authority(),
             token.id().to_owned(),
             expires_at,
             grace,
@@ -677,6 +697,24 @@ impl TokenService for TokenApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budgets_count_ipv4_singly_even_when_mapped_and_ipv6_by_64() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(network_of(ip("::ffff:198.51.100.7")), ip("198.51.100.7"));
+        assert_ne!(
+            network_of(ip("::ffff:198.51.100.7")),
+            network_of(ip("::ffff:198.51.100.8"))
+        );
+        assert_eq!(
+            network_of(ip("2001:db8:1:2:aaaa::1")),
+            network_of(ip("2001:db8:1:2:bbbb::2"))
+        );
+        assert_ne!(
+            network_of(ip("2001:db8:1:2::1")),
+            network_of(ip("2001:db8:1:3::1"))
+        );
+    }
 
     #[test]
     fn page_size_defaults_and_clamps() {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use sqlx::{PgPool, SqlitePool};
 
+use crate::authority::{Authority, Exceeds, Grant};
 use crate::cidr::CidrList;
 use crate::metrics::Histogram;
 use crate::model::{Actor, NewToken, Owner, TokenRecord, TokenState};
@@ -590,6 +591,9 @@ struct MatchedTokenRow {
 /// A rotation to store: see [`Store::rotate`].
 pub struct Rotation<'a> {
     pub owner: &'a Owner,
+    /// The caller's: the rotated token must not exceed it (checked against the
+    /// row inside the transaction, so nothing can change in between).
+    pub authority: &'a Authority,
     pub id: &'a str,
     pub new_hash: SecretHash,
     pub hint: String,
@@ -609,6 +613,8 @@ pub enum Rotated {
     NotFound,
     /// Revoked or expired tokens are not rotated.
     Inactive(TokenState),
+    /// The new secret would carry more than the caller holds.
+    Exceeds(Exceeds),
     /// Another rotation of the same token committed first.
     Conflict,
 }
@@ -1046,6 +1052,7 @@ impl Store {
               ORDER BY retired_at DESC LIMIT $2)";
         let Rotation {
             owner,
+            authority,
             id,
             new_hash,
             hint,
@@ -1071,6 +1078,14 @@ impl Store {
             let state = record.state_at(*now);
             if state != TokenState::Active {
                 return Ok(Rotated::Inactive(state));
+            }
+            let grant = Grant {
+                scopes: record.scopes,
+                allowed_cidrs: &record.allowed_cidrs,
+                expires_at: expires_at.or(record.expires_at),
+            };
+            if let Err(exceeds) = authority.check(grant) {
+                return Ok(Rotated::Exceeds(exceeds));
             }
             let replaced: Option<TokenRow> = sqlx::query_as(REPLACE)
                 .bind(&new_hash.0[..])

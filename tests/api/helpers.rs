@@ -249,7 +249,50 @@ impl TestApp {
         dir: tempfile::TempDir,
         tls: Option<Arc<TlsReloader>>,
     ) -> TestApp {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::spawn_listening(
+            backend,
+            store,
+            database_url,
+            settings,
+            dir,
+            tls,
+            "127.0.0.1:0",
+        )
+        .await
+    }
+
+    /// A server whose gRPC port is an IPv6 socket bound to `::ffff:127.0.0.1`:
+    /// IPv4 clients reach it as a dual-stack `[::]` listener sees them, with
+    /// IPv4-mapped addresses, without listening beyond loopback.
+    pub async fn spawn_dual_stack(backend: Backend, settings: ServerSettings) -> Option<TestApp> {
+        capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let database_url = Self::fresh_database(backend, &dir).await?;
+        let store = Self::connect_store(&database_url).await;
+        let mut app = Self::spawn_listening(
+            backend,
+            store,
+            database_url,
+            settings,
+            dir,
+            None,
+            "[::ffff:127.0.0.1]:0",
+        )
+        .await;
+        app.addr = SocketAddr::new([127, 0, 0, 1].into(), app.addr.port());
+        Some(app)
+    }
+
+    async fn spawn_listening(
+        backend: Backend,
+        store: Store,
+        database_url: DatabaseUrl,
+        settings: ServerSettings,
+        dir: tempfile::TempDir,
+        tls: Option<Arc<TlsReloader>>,
+        grpc_bind: &str,
+    ) -> TestApp {
+        let listener = TcpListener::bind(grpc_bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = metrics.local_addr().unwrap();
@@ -284,6 +327,17 @@ impl TestApp {
         }
     }
 
+    /// A channel from the local address `from` (e.g. another 127.0.0.0/8 address,
+    /// to be another client).
+    pub async fn channel_from(&self, from: std::net::IpAddr) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .local_address(Some(from))
+            .connect()
+            .await
+            .unwrap()
+    }
+
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()
@@ -307,12 +361,23 @@ impl TestApp {
         scopes: &[&str],
         expires_at: Option<i64>,
     ) -> (String, TokenRecord) {
+        self.mint_limited(owner, scopes, expires_at, &[]).await
+    }
+
+    /// [`TestApp::mint`] with an IP allowlist.
+    pub async fn mint_limited(
+        &self,
+        owner: (&str, &str),
+        scopes: &[&str],
+        expires_at: Option<i64>,
+        allowed_cidrs: &[&str],
+    ) -> (String, TokenRecord) {
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
         let spec = TokenSpec {
             name: "minted",
             scopes: parse_scopes(&scopes).unwrap(),
             expires_at,
-            allowed_cidrs: Default::default(),
+            allowed_cidrs: patd::cidr::CidrList::parse(allowed_cidrs).unwrap(),
         };
         let owner = Owner::new(owner.0, owner.1).unwrap();
         let (new, secret) = spec

@@ -3,10 +3,12 @@
 
 mod helpers;
 
+mod addresses;
 mod audit;
 mod cache;
 mod chart;
 mod cli;
+mod escalation;
 mod ext_authz;
 mod faults;
 mod fleet;
