@@ -20,10 +20,12 @@ use crate::grpc::auth::{
     IntrospectionCallers, generate_service_credential, service_credential_hash,
 };
 use crate::model::{Actor, Owner, TokenRecord, TokenSpec, parse_scopes};
+use crate::output::shown;
 use crate::server;
 use crate::store::{Connect, Cursor, DatabaseUrl, EventKind, Store};
 use crate::telemetry::{self, LogFormat};
 use crate::tls::{ClientAuth, TlsReloader};
+use crate::{note, out};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -250,7 +252,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Migrate => {
             let store = Store::connect(&config.store_options(), true).await?;
             store.close().await;
-            eprintln!("migrations applied to {}", config.database_url.redacted());
+            note!("migrations applied to {}", config.database_url.redacted());
             Ok(())
         }
         Command::Health(args) => Ok(client::health(args).await?),
@@ -261,11 +263,11 @@ pub async fn run(cli: Cli) -> CliResult {
         }
         Command::Admin(AdminCommand::ServiceCredential { name }) => {
             let credential = generate_service_credential();
-            eprintln!(
+            note!(
                 "Add to the configuration file of every replica:\n\n[[trusted_callers]]\nname = {name:?}\ncredential_hash = \"{}\"\n\nThe credential below is shown once; give it to {name} only.",
                 service_credential_hash(&credential).to_hex()
             );
-            println!("{credential}");
+            out!("{credential}");
             Ok(())
         }
         Command::Admin(AdminCommand::Tokens(command)) => {
@@ -381,9 +383,9 @@ async fn admin_command(config: &Config, store: &Store, command: AdminTokenComman
             let owner = Owner::new(&subject, &account)?;
             let (new, secret) = spec.issue(config.token_format(), owner, now)?;
             store.insert(&new, &Actor::operator()).await?;
-            eprintln!("{}", describe(&new.record, now));
-            eprintln!("The secret below is shown once; store it now.");
-            println!("{}", secret.expose());
+            note!("{}", describe(&new.record, now));
+            note!("The secret below is shown once; store it now.");
+            out!("{}", secret.expose());
             Ok(())
         }
         AdminTokenCommand::List { subject, account } => {
@@ -392,21 +394,26 @@ async fn admin_command(config: &Config, store: &Store, command: AdminTokenComman
                 _ => None,
             };
             let now = clock::now_micros();
-            println!(
+            out!(
                 "{:<22}  {:<8}  {:<20}  {:<20}  {:<20}  {:<20}  SCOPES",
-                "ID", "STATE", "NAME", "SUBJECT", "ACCOUNT", "EXPIRES"
+                "ID",
+                "STATE",
+                "NAME",
+                "SUBJECT",
+                "ACCOUNT",
+                "EXPIRES"
             );
             let mut cursor: Option<Cursor> = None;
             loop {
                 let page = store.list(owner.as_ref(), cursor, 1000).await?;
                 for token in &page.tokens {
-                    println!(
+                    out!(
                         "{:<22}  {:<8}  {:<20}  {:<20}  {:<20}  {:<20}  {}",
                         token.id,
                         token.state_at(now).as_str(),
-                        token.name,
-                        token.owner.subject,
-                        token.owner.account,
+                        shown(&token.name),
+                        shown(&token.owner.subject),
+                        shown(&token.owner.account),
                         token.expires_at.map_or("never".to_owned(), clock::rfc3339),
                         token.scopes.to_stored(),
                     );
@@ -430,7 +437,7 @@ async fn admin_command(config: &Config, store: &Store, command: AdminTokenComman
                 )
                 .await?;
             let (revoked, _) = revoked.ok_or_else(|| format!("no token with id {id}"))?;
-            println!("{}", describe(&revoked, now));
+            out!("{}", describe(&revoked, now));
             Ok(())
         }
         AdminTokenCommand::Delete { id } => {
@@ -442,7 +449,7 @@ async fn admin_command(config: &Config, store: &Store, command: AdminTokenComman
             {
                 return Err(format!("no token with id {id}").into());
             }
-            println!("deleted {}", describe(&token, clock::now_micros()));
+            out!("deleted {}", describe(&token, clock::now_micros()));
             Ok(())
         }
     }
@@ -458,12 +465,12 @@ async fn find(store: &Store, id: &str) -> Result<TokenRecord, Box<dyn Error>> {
 /// One line about a token, for the operator.
 fn describe(token: &TokenRecord, now: i64) -> String {
     format!(
-        "token {} {:?} ({}) of {} in {}: {}, scopes {}, expires {}",
+        "token {} \"{}\" ({}) of {} in {}: {}, scopes {}, expires {}",
         token.id,
-        token.name,
+        shown(&token.name),
         token.hint,
-        token.owner.subject,
-        token.owner.account,
+        shown(&token.owner.subject),
+        shown(&token.owner.account),
         token.state_at(now).as_str(),
         token.scopes.to_stored(),
         token.expires_at.map_or("never".to_owned(), clock::rfc3339),

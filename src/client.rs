@@ -18,9 +18,11 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::clock;
 use crate::grpc::auth::{ACT_AS_ACCOUNT, ACT_AS_SUBJECT};
+use crate::output::shown;
 use crate::proto;
 use crate::proto::introspection_service_client::IntrospectionServiceClient;
 use crate::proto::token_service_client::TokenServiceClient;
+use crate::{note, out};
 
 /// A failed client command: the message for stderr and the process exit code.
 #[derive(Debug)]
@@ -407,13 +409,13 @@ fn token_text(token: &proto::Token) -> String {
     let or = |value: Option<String>, none: &str| value.unwrap_or_else(|| none.to_owned());
     format!(
         "id:           {}\nname:         {}\nowner:        {} @ {}\nstate:        {}\nscopes:       {}\nhint:         {}\ncreated:      {}\nexpires:      {}\nrevoked:      {}\nlast used:    {}{}\nrotated:      {}\nallowed from: {}",
-        token.id,
-        token.name,
-        token.subject,
-        token.account,
+        shown(&token.id),
+        shown(&token.name),
+        shown(&token.subject),
+        shown(&token.account),
         state_name(token),
-        token.scopes.join(" "),
-        token.hint,
+        shown(&token.scopes.join(" ")),
+        shown(&token.hint),
         or(time(token.created_at.as_ref()), "-"),
         or(time(token.expires_at.as_ref()), "never"),
         or(time(token.revoked_at.as_ref()), "-"),
@@ -421,22 +423,22 @@ fn token_text(token: &proto::Token) -> String {
         if token.last_used_ip.is_empty() {
             String::new()
         } else {
-            format!(" from {}", token.last_used_ip)
+            format!(" from {}", shown(&token.last_used_ip))
         },
         or(time(token.rotated_at.as_ref()), "never"),
         if token.allowed_cidrs.is_empty() {
             "anywhere".to_owned()
         } else {
-            token.allowed_cidrs.join(" ")
+            shown(&token.allowed_cidrs.join(" ")).into_owned()
         },
     )
 }
 
 fn print_token(token: &proto::Token, json: bool) {
     if json {
-        println!("{}", token_json(token));
+        out!("{}", token_json(token));
     } else {
-        println!("{}", token_text(token));
+        out!("{}", token_text(token));
     }
 }
 
@@ -455,14 +457,14 @@ fn ensure_progress(previous: &str, next: &str) -> Result<(), ClientError> {
 fn print_created(created: &proto::CreateTokenResponse, json: bool) {
     let token = created.token.clone().unwrap_or_default();
     if json {
-        println!(
+        out!(
             "{}",
             json!({ "token": token_json(&token), "secret": created.secret })
         );
     } else {
-        eprintln!("{}", token_text(&token));
-        eprintln!("The secret below is shown once; store it now.");
-        println!("{}", created.secret);
+        note!("{}", token_text(&token));
+        note!("The secret below is shown once; store it now.");
+        out!("{}", created.secret);
     }
 }
 
@@ -470,7 +472,7 @@ fn print_created(created: &proto::CreateTokenResponse, json: bool) {
 fn read_presented_token() -> Result<String, ClientError> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        eprintln!("token: ");
+        note!("token: ");
     }
     let mut line = String::new();
     stdin.lock().read_line(&mut line).map_err(|err| {
@@ -533,9 +535,13 @@ pub async fn run(command: ClientCommand) -> ClientResult {
             let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
             let mut page_token = String::new();
             if !auth.json {
-                println!(
+                out!(
                     "{:<22}  {:<8}  {:<24}  {:<20}  {:<20}  SCOPES",
-                    "ID", "STATE", "NAME", "EXPIRES", "LAST USED"
+                    "ID",
+                    "STATE",
+                    "NAME",
+                    "EXPIRES",
+                    "LAST USED"
                 );
             }
             loop {
@@ -554,16 +560,16 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                 for token in &page.tokens {
                     if auth.json {
                         // One object per line: streams, and `jq` reads it as is.
-                        println!("{}", token_json(token));
+                        out!("{}", token_json(token));
                     } else {
-                        println!(
+                        out!(
                             "{:<22}  {:<8}  {:<24}  {:<20}  {:<20}  {}",
-                            token.id,
+                            shown(&token.id),
                             state_name(token),
-                            token.name,
+                            shown(&token.name),
                             time(token.expires_at.as_ref()).unwrap_or_else(|| "never".to_owned()),
                             time(token.last_used_at.as_ref()).unwrap_or_else(|| "never".to_owned()),
-                            token.scopes.join(" "),
+                            shown(&token.scopes.join(" ")),
                         );
                     }
                 }
@@ -625,16 +631,20 @@ pub async fn run(command: ClientCommand) -> ClientResult {
         ClientCommand::Events { auth, limit } => {
             let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
             let mut page_token = String::new();
-            let mut shown = 0;
+            let mut listed = 0;
             if !auth.json {
-                println!(
+                out!(
                     "{:<27}  {:<14}  {:<22}  {:<30}  {:<21}  DETAIL",
-                    "TIME", "KIND", "TOKEN", "ACTOR", "PEER"
+                    "TIME",
+                    "KIND",
+                    "TOKEN",
+                    "ACTOR",
+                    "PEER"
                 );
             }
-            while shown < limit {
+            while listed < limit {
                 let request = proto::ListTokenEventsRequest {
-                    page_size: i32::try_from((limit - shown).min(1000)).unwrap_or(1000),
+                    page_size: i32::try_from((limit - listed).min(1000)).unwrap_or(1000),
                     page_token: page_token.clone(),
                 };
                 let page = client
@@ -644,7 +654,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                 for event in &page.events {
                     let at = time(event.time.as_ref()).unwrap_or_default();
                     if auth.json {
-                        println!(
+                        out!(
                             "{}",
                             json!({
                                 "time": at,
@@ -658,13 +668,17 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                             })
                         );
                     } else {
-                        println!(
+                        out!(
                             "{at:<27}  {:<14}  {:<22}  {:<30}  {:<21}  {}",
-                            event.kind, event.token_id, event.actor, event.peer, event.detail
+                            shown(&event.kind),
+                            shown(&event.token_id),
+                            shown(&event.actor),
+                            shown(&event.peer),
+                            shown(&event.detail)
                         );
                     }
                 }
-                shown += page.events.len();
+                listed += page.events.len();
                 if page.next_page_token.is_empty() || page.events.is_empty() {
                     break;
                 }
@@ -704,7 +718,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                     .into_inner()
                     .received;
             }
-            println!("reported {received} tokens; every valid one is now revoked");
+            out!("reported {received} tokens; every valid one is now revoked");
             Ok(())
         }
         ClientCommand::Revoke { auth, id } => {
@@ -718,9 +732,9 @@ pub async fn run(command: ClientCommand) -> ClientResult {
             let request = authed(&auth, proto::DeleteTokenRequest { id: id.clone() })?;
             client.delete_token(request).await?;
             if auth.json {
-                println!("{}", json!({ "deleted": id }));
+                out!("{}", json!({ "deleted": id }));
             } else {
-                println!("deleted {id}");
+                out!("deleted {id}");
             }
             Ok(())
         }
@@ -739,7 +753,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
             };
             let answer = client.introspect(request).await?.into_inner();
             if json {
-                println!(
+                out!(
                     "{}",
                     if answer.active {
                         json!({
@@ -758,20 +772,20 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                     }
                 );
             } else if answer.active {
-                println!(
+                out!(
                     "active:       true\ntoken id:     {}\nname:         {}\nowner:        {} @ {}\nscopes:       {}\nexpires:      {}",
-                    answer.token_id,
-                    answer.name,
-                    answer.subject,
-                    answer.account,
-                    answer.scopes.join(" "),
+                    shown(&answer.token_id),
+                    shown(&answer.name),
+                    shown(&answer.subject),
+                    shown(&answer.account),
+                    shown(&answer.scopes.join(" ")),
                     time(answer.expires_at.as_ref()).unwrap_or_else(|| "never".to_owned()),
                 );
                 if !answer.missing_scopes.is_empty() {
-                    println!("missing:      {}", answer.missing_scopes.join(" "));
+                    out!("missing:      {}", shown(&answer.missing_scopes.join(" ")));
                 }
             } else {
-                println!("active:       false");
+                out!("active:       false");
             }
             if !answer.active {
                 return Err(ClientError::new(exit::INACTIVE, "the token is not active"));
@@ -793,12 +807,12 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                 .scopes;
             for scope in scopes {
                 if json {
-                    println!(
+                    out!(
                         "{}",
                         json!({ "name": scope.name, "description": scope.description })
                     );
                 } else {
-                    println!("{:<32}  {}", scope.name, scope.description);
+                    out!("{:<32}  {}", shown(&scope.name), shown(&scope.description));
                 }
             }
             Ok(())
@@ -823,7 +837,7 @@ pub async fn health(args: HealthArgs) -> ClientResult {
         })?
         .into_inner()
         .status();
-    println!("{}", status.as_str_name());
+    out!("{}", status.as_str_name());
     if status == ServingStatus::Serving {
         Ok(())
     } else {

@@ -12,14 +12,14 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("patd: cannot start the async runtime: {err}");
+            patd::note!("patd: cannot start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(patd::cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("patd: {err}");
+            patd::note!("patd: {err}");
             // Client commands have exit codes of their own (see the README).
             err.downcast_ref::<patd::client::ClientError>()
                 .map_or(ExitCode::FAILURE, |err| ExitCode::from(err.exit_code))

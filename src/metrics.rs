@@ -3,10 +3,10 @@
 //! answered as it did (which never leaves the server otherwise), the token cache,
 //! the storage pool, and tokens by state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
@@ -24,18 +24,42 @@ const BUCKETS_MICROS: [u64; 14] = [
     2_500_000, 10_000_000,
 ];
 
-/// Distinct (service, method, code) series kept; calls beyond are counted as
-/// `other`, so that random paths cannot grow memory or a scrape without bound.
-const MAX_CALL_SERIES: usize = 256;
-
-/// Services this server answers; calls to any other path count as `other`.
-const SERVED_PREFIXES: [&str; 5] = [
-    "/pat.v1.",
-    "/grpc.health.v1.",
-    "/grpc.reflection.v1.",
-    "/grpc.reflection.v1alpha.",
-    "/envoy.service.auth.v3.",
-];
+/// The methods this server answers, as `/package.Service/Method`, from the
+/// descriptors it serves by reflection (Envoy's is not among those). Only these
+/// get series of their own: any other path, which anyone can invent, counts as
+/// `other`, so made-up paths can neither grow memory nor crowd out real ones.
+fn served_paths() -> &'static HashSet<String> {
+    static PATHS: LazyLock<HashSet<String>> = LazyLock::new(|| {
+        use prost::Message;
+        let sets = [
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let mut paths: HashSet<String> = sets
+            .iter()
+            .flat_map(|set| {
+                prost_types::FileDescriptorSet::decode(*set)
+                    .expect("compiled-in descriptors decode")
+                    .file
+            })
+            .flat_map(|file| {
+                let package = file.package().to_owned();
+                file.service.into_iter().flat_map(move |service| {
+                    let prefix = format!("/{package}.{}/", service.name());
+                    service
+                        .method
+                        .into_iter()
+                        .map(move |method| format!("{prefix}{}", method.name()))
+                })
+            })
+            .collect();
+        paths.insert("/envoy.service.auth.v3.Authorization/Check".to_owned());
+        paths
+    });
+    &PATHS
+}
 
 /// Standard gRPC code names, as go-grpc-prometheus and OpenTelemetry label them.
 fn code_name(code: tonic::Code) -> &'static str {
@@ -244,11 +268,7 @@ impl Metrics {
             return;
         }
         let mut calls = self.calls.write().expect("lock poisoned");
-        // Paths of services we do not serve are anyone's to invent: one series.
-        let ours = SERVED_PREFIXES
-            .iter()
-            .any(|prefix| path.starts_with(prefix));
-        let path = if ours && (calls.len() < MAX_CALL_SERIES || calls.contains_key(path)) {
+        let path = if served_paths().contains(path) {
             path
         } else {
             OTHER_PATH
@@ -538,30 +558,33 @@ mod tests {
     }
 
     #[test]
-    fn call_series_are_bounded() {
+    fn only_served_methods_get_series_of_their_own() {
         let metrics = Metrics::default();
-        for i in 0..50 {
-            let path = format!("/made.up.Service{i}/Method");
-            metrics.record_call(&path, tonic::Code::Unimplemented, Duration::ZERO);
+        for i in 0..300 {
+            for path in [
+                format!("/made.up.Service{i}/Method"),
+                format!("/pat.v1.TokenService/Junk{i}"),
+            ] {
+                metrics.record_call(&path, tonic::Code::Unimplemented, Duration::ZERO);
+            }
         }
         assert_eq!(
             metrics.calls.read().unwrap().len(),
             1,
-            "paths of services we do not serve share one series"
+            "made-up paths share one series"
         );
-        assert_eq!(metrics.handled(OTHER_PATH, tonic::Code::Unimplemented), 50);
-
-        let metrics = Metrics::default();
-        for i in 0..(MAX_CALL_SERIES + 50) {
-            let path = format!("/pat.v1.TokenService/Method{i}");
-            metrics.record_call(&path, tonic::Code::Unimplemented, Duration::ZERO);
+        assert_eq!(metrics.handled(OTHER_PATH, tonic::Code::Unimplemented), 600);
+        for path in [
+            "/pat.v1.TokenService/CreateToken",
+            "/pat.v1.IntrospectionService/Introspect",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/envoy.service.auth.v3.Authorization/Check",
+        ] {
+            metrics.record_call(path, tonic::Code::Ok, Duration::ZERO);
+            assert_eq!(metrics.handled(path, tonic::Code::Ok), 1, "{path}");
         }
-        assert_eq!(
-            metrics.calls.read().unwrap().len(),
-            MAX_CALL_SERIES + 1,
-            "the excess shares one `other` series"
-        );
-        assert_eq!(metrics.handled(OTHER_PATH, tonic::Code::Unimplemented), 50);
+        assert!(served_paths().len() < 40, "{:?}", served_paths());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::fmt;
 use crate::cidr::CidrList;
 use crate::clock;
 use crate::scope::{ScopeSet, UnknownScopes};
+use crate::text::validate_text;
 use crate::token::{Secret, SecretHash, TokenFormat, generate_id};
 
 pub const MAX_NAME_CHARS: usize = 100;
@@ -183,31 +184,6 @@ pub fn parse_scopes(names: &[String]) -> Result<ScopeSet, InvalidArgument> {
     Ok(scopes)
 }
 
-/// Trims `value` and checks it is non-empty, at most `max_chars` characters and
-/// free of control characters.
-pub fn validate_text(
-    field: &str,
-    value: &str,
-    max_chars: usize,
-) -> Result<String, InvalidArgument> {
-    let trimmed = value.trim();
-    if trimmed.is_empty() {
-        return Err(InvalidArgument(format!("{field} is required")));
-    }
-    let chars = trimmed.chars().count();
-    if chars > max_chars {
-        return Err(InvalidArgument(format!(
-            "{field} is {chars} characters long; at most {max_chars} are allowed"
-        )));
-    }
-    if trimmed.chars().any(char::is_control) {
-        return Err(InvalidArgument(format!(
-            "{field} must not contain control characters"
-        )));
-    }
-    Ok(trimmed.to_owned())
-}
-
 impl Owner {
     /// An owner named by an operator: both parts are checked like a token name.
     pub fn new(subject: &str, account: &str) -> Result<Owner, InvalidArgument> {
@@ -264,7 +240,7 @@ mod tests {
             (spec(&long_name, &["account:read"], None), "at most 100"),
             (
                 spec("a\u{7}b", &["account:read"], None),
-                "control characters",
+                "control, format or bidirectional",
             ),
             (
                 spec("ci", &["account:read"], Some(1_000)),

@@ -27,8 +27,7 @@ use crate::token::TokenFormat;
 use crate::verifier::Verifier;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
-/// Our encoded descriptors, served by reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pat_descriptor");
+pub use crate::proto::FILE_DESCRIPTOR_SET;
 
 /// Health service names: the whole server ("") and each of our services.
 /// They follow storage: a replica that cannot check tokens should get no traffic.

@@ -249,6 +249,13 @@ pub fn peer_of<T>(request: &Request<T>) -> Option<SocketAddr> {
 
 fn act_as(metadata: &MetadataMap) -> Result<Option<Owner>, Status> {
     let read = |key: &str| -> Result<Option<&str>, Status> {
+        // Two values would leave which owner is meant to whichever one a
+        // proxy or library happens to pick: refuse, as for `authorization`.
+        if metadata.get_all(key).iter().nth(1).is_some() {
+            return Err(Status::invalid_argument(format!(
+                "more than one {key} entry: send exactly one"
+            )));
+        }
         metadata
             .get(key)
             .map(|value| {

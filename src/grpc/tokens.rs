@@ -10,13 +10,14 @@ use crate::cidr::CidrList;
 use crate::clock;
 use crate::grpc::auth::{Caller, Callers, authenticate, bearer, peer_of};
 use crate::grpc::token_message;
-use crate::model::{Actor, Owner, TokenSpec, TokenState, parse_scopes};
+use crate::model::{Actor, MAX_NAME_CHARS, Owner, TokenSpec, TokenState, parse_scopes};
 use crate::overload::{KeyedRateLimit, RateLimit};
 use crate::policy::Policy;
 use crate::proto;
 use crate::proto::token_service_server::TokenService;
 use crate::scope::{CATALOG, MANAGE_TOKENS, READ_EVENTS};
 use crate::store::{After, Cursor, Event, EventKind, Rotated, SortKey, TokenFilter, TokenOrder};
+use crate::text::{sanitize, validate_filter};
 use crate::token::is_valid_id;
 use crate::verifier::Verifier;
 
@@ -223,6 +224,43 @@ impl TokenApi {
             }
         }
         Err(status)
+    }
+}
+
+/// An enum field of a request: a value this server does not know (a newer
+/// client's, or a negative number) is refused, never read as the default.
+fn requested_enum<E>(field: &str, value: i32) -> Result<E, Status>
+where
+    E: TryFrom<i32> + EnumNames,
+{
+    E::try_from(value).map_err(|_| {
+        Status::invalid_argument(format!(
+            "{field} {value} is not one of {}",
+            E::names().join(", ")
+        ))
+    })
+}
+
+/// The names of a request enum's values, for messages.
+trait EnumNames {
+    fn names() -> Vec<&'static str>;
+}
+
+impl EnumNames for proto::TokenState {
+    fn names() -> Vec<&'static str> {
+        (0..)
+            .map_while(|n| proto::TokenState::try_from(n).ok())
+            .map(|state| state.as_str_name())
+            .collect()
+    }
+}
+
+impl EnumNames for proto::TokenOrder {
+    fn names() -> Vec<&'static str> {
+        (0..)
+            .map_while(|n| proto::TokenOrder::try_from(n).ok())
+            .map(|order| order.as_str_name())
+            .collect()
     }
 }
 
@@ -453,7 +491,7 @@ impl TokenService for TokenApi {
         let caller = self.caller(&request, "ListTokens", MANAGE_TOKENS).await?;
         let request = request.into_inner();
         let filter = TokenFilter {
-            state: match request.state() {
+            state: match requested_enum::<proto::TokenState>("state", request.state)? {
                 proto::TokenState::Unspecified => None,
                 proto::TokenState::Active => Some(TokenState::Active),
                 proto::TokenState::Expired => Some(TokenState::Expired),
@@ -468,11 +506,13 @@ impl TokenService for TokenApi {
                 "last_used_before",
                 request.last_used_before.as_ref(),
             )?,
-            name_contains: Some(request.name_contains.trim())
-                .filter(|needle| !needle.is_empty())
-                .map(str::to_owned),
+            name_contains: validate_filter(
+                "name_contains",
+                &request.name_contains,
+                MAX_NAME_CHARS,
+            )?,
         };
-        let order = match request.order_by() {
+        let order = match requested_enum::<proto::TokenOrder>("order_by", request.order_by)? {
             proto::TokenOrder::Unspecified | proto::TokenOrder::CreatedDesc => {
                 TokenOrder::CreatedDesc
             }
@@ -623,7 +663,8 @@ impl TokenService for TokenApi {
                 request.tokens.len()
             )));
         }
-        let source: String = request.source.chars().take(MAX_SOURCE_CHARS).collect();
+        // Kept whatever it holds (it must never stop a revocation), but defused.
+        let source = sanitize(&request.source, MAX_SOURCE_CHARS);
         let actor = Actor::new("anonymous", peer);
         let revoked = self
             .verifier

@@ -241,7 +241,47 @@ async fn health_command_exits_zero_only_when_serving(app: TestApp) {
     );
 }
 
+/// `patd scopes | true`, `patd list | head -1`: a reader that goes away early
+/// ends the command quietly (141, as a shell reports for coreutils), in client
+/// and operator commands alike, without a panic or a backtrace.
+async fn a_closed_stdout_ends_commands_quietly(app: TestApp) {
+    let manager = app.manager("alice", &[]).await;
+    for _ in 0..3 {
+        app.mint(("alice", "acme"), &["tag:read"], None).await;
+    }
+    let addr = app.addr.to_string();
+    let url = app.database_url.expose().to_owned();
+    let commands: Vec<Vec<String>> = [
+        vec!["scopes", "--addr", &addr],
+        vec!["list", "--addr", &addr],
+        vec!["--database-url", &url, "admin", "list"],
+    ]
+    .iter()
+    .map(|args| args.iter().map(|a| a.to_string()).collect())
+    .collect();
+    for args in commands {
+        let manager = manager.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            let (reader, writer) = std::io::pipe().unwrap();
+            drop(reader);
+            patd()
+                .args(&args)
+                .env("PATD_TOKEN", manager)
+                .env("RUST_BACKTRACE", "1")
+                .stdout(writer)
+                .stderr(Stdio::piped())
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(output.status.code(), Some(141), "{output:?}");
+        assert!(output.stderr.is_empty(), "{}", stderr(&output));
+    }
+}
+
 backend_tests!(
+    a_closed_stdout_ends_commands_quietly,
     client_rotates_shows_itself_reads_events_and_reports_leaks,
     client_commands_manage_tokens_through_the_api,
     client_exit_codes_tell_scripts_what_went_wrong,

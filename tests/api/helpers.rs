@@ -364,6 +364,35 @@ impl TestApp {
         self.mint_limited(owner, scopes, expires_at, &[]).await
     }
 
+    /// Runs `sql` with text parameters on the app's database directly, as an
+    /// older version or a hand-made edit might have written it.
+    pub async fn execute_raw(&self, sql: &str, binds: &[&str]) {
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(self.database_url.expose())
+                    .await
+                    .unwrap();
+                let mut query = sqlx::query(sql);
+                for bind in binds {
+                    query = query.bind(*bind);
+                }
+                query.execute(&pool).await.unwrap();
+                pool.close().await;
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(self.database_url.expose())
+                    .await
+                    .unwrap();
+                let mut query = sqlx::query(sql);
+                for bind in binds {
+                    query = query.bind(*bind);
+                }
+                query.execute(&pool).await.unwrap();
+                pool.close().await;
+            }
+        }
+    }
+
     /// [`TestApp::mint`] with an IP allowlist.
     pub async fn mint_limited(
         &self,

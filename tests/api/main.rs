@@ -13,6 +13,7 @@ mod ext_authz;
 mod faults;
 mod fleet;
 mod hostile;
+mod inputs;
 mod introspection;
 mod lifecycle;
 mod logs;

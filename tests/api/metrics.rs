@@ -185,4 +185,60 @@ async fn metrics_count_calls_outcomes_cache_and_tokens(app: TestApp) {
     assert_eq!(status, "HTTP/1.1 404 Not Found");
 }
 
-backend_tests!(metrics_count_calls_outcomes_cache_and_tokens);
+/// Calls, without a credential, to 300 methods nobody serves: they share one
+/// `other` series, and the methods patd serves keep series of their own.
+async fn made_up_methods_cannot_crowd_out_real_ones(app: TestApp) {
+    let channel = app.channel().await;
+    for i in 0..300 {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let path =
+            http::uri::PathAndQuery::try_from(format!("/pat.v1.TokenService/Junk{i}")).unwrap();
+        let codec = tonic_prost::ProstCodec::<
+            patd::proto::ListScopesRequest,
+            patd::proto::ListScopesResponse,
+        >::default();
+        let err = grpc
+            .unary(
+                tonic::Request::new(patd::proto::ListScopesRequest {}),
+                path,
+                codec,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented);
+    }
+    let mut tokens = app.tokens().await;
+    tokens
+        .list_scopes(patd::proto::ListScopesRequest {})
+        .await
+        .unwrap();
+    let (scrape, _) = scrape(&app).await;
+    let list_scopes = [
+        ("grpc_service", "pat.v1.TokenService"),
+        ("grpc_method", "ListScopes"),
+        ("grpc_code", "OK"),
+    ];
+    assert_eq!(
+        value(&scrape, "grpc_server_handled_total", &list_scopes),
+        1.0
+    );
+    let other = [
+        ("grpc_service", "other"),
+        ("grpc_method", "other"),
+        ("grpc_code", "Unimplemented"),
+    ];
+    assert_eq!(value(&scrape, "grpc_server_handled_total", &other), 300.0);
+    assert!(
+        !scrape.samples.iter().any(|s| s
+            .labels
+            .get("grpc_method")
+            .is_some_and(|m| m.starts_with("Junk"))),
+        "no series for a made-up method"
+    );
+}
+
+backend_tests!(
+    metrics_count_calls_outcomes_cache_and_tokens,
+    made_up_methods_cannot_crowd_out_real_ones,
+);

@@ -227,7 +227,7 @@ async fn bad_tls_files_fail_at_start_with_the_reason() {
 }
 
 /// `request` from a trusted caller acting for `subject` in account acme.
-fn acting_for<T>(mut request: Request<T>, subject: &str) -> Request<T> {
+pub fn acting_for<T>(mut request: Request<T>, subject: &str) -> Request<T> {
     let metadata = request.metadata_mut();
     metadata.insert("x-patd-act-as-subject", subject.parse().unwrap());
     metadata.insert("x-patd-act-as-account", "acme".parse().unwrap());

@@ -110,7 +110,16 @@ async fn invalid_create_requests_are_invalid_argument(app: TestApp) {
         (create("   ", &["tag:read"]), "name is required"),
         (create(&"n".repeat(101), &["tag:read"]), "at most 100"),
         (create(&"n".repeat(10_000), &["tag:read"]), "at most 100"),
-        (create("line\nbreak", &["tag:read"]), "control characters"),
+        (
+            create("line\nbreak", &["tag:read"]),
+            "must not contain control",
+        ),
+        // Trojan Source: a right-to-left override reverses what follows it.
+        (create("invoice\u{202e}fdp.exe", &["tag:read"]), "U+202E"),
+        (create("a\u{2028}b", &["tag:read"]), "U+2028"),
+        (create("\u{200b}\u{200b}", &["tag:read"]), "U+200B"),
+        (create("\u{3164}", &["tag:read"]), "blank"),
+        (create("nul\0", &["tag:read"]), "U+0000"),
         (create("ci", &[]), "at least one scope"),
         (
             create("ci", &["tag:read", "tag:reed", "nope"]),
