@@ -255,6 +255,8 @@ pub struct Metrics {
     introspect: [AtomicU64; OUTCOMES.len()],
     cache: [AtomicU64; CACHE_LOOKUPS.len()],
     checks: [AtomicU64; CHECKS.len()],
+    /// Refused management calls the audit trail's budgets left unrecorded.
+    unrecorded_refusals: AtomicU64,
     /// Async: concurrent scrapes wait for one count instead of each scanning.
     token_counts: tokio::sync::Mutex<Option<(Instant, TokenCounts)>>,
 }
@@ -300,6 +302,10 @@ impl Metrics {
             .position(|(c, _)| *c == check)
             .unwrap_or(CHECKS.len() - 2);
         self.checks[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_unrecorded_refusal(&self) {
+        self.unrecorded_refusals.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_cache(&self, lookup: CacheLookup) {
@@ -396,6 +402,13 @@ impl Metrics {
                 "patd_ext_authz_checks_total{{decision=\"{name}\"}} {count}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP patd_audit_refusals_unrecorded_total Refused management calls not written to the audit trail (over its budgets).\n\
+             # TYPE patd_audit_refusals_unrecorded_total counter\n\
+             patd_audit_refusals_unrecorded_total {}",
+            self.unrecorded_refusals.load(Ordering::Relaxed)
+        );
         out.push_str(
             "# HELP patd_token_cache_lookups_total Token cache lookups by result.\n\
              # TYPE patd_token_cache_lookups_total counter\n",

@@ -181,11 +181,13 @@ pub struct RateLimit {
     current: std::sync::Mutex<Window>,
 }
 
-/// One fixed window: when it started and how many it admitted.
+/// One fixed window: when it started and how many it admitted; and how many
+/// were refused since the last admission (across windows).
 #[derive(Debug)]
 struct Window {
     started: std::time::Instant,
     count: u32,
+    refused: u32,
 }
 
 impl Window {
@@ -193,18 +195,25 @@ impl Window {
         Window {
             started: std::time::Instant::now(),
             count: 0,
+            refused: 0,
         }
     }
 
-    fn admit(&mut self, per_window: u32, window: std::time::Duration) -> bool {
+    /// `Some(refused before this one)` when admitted.
+    fn admit(&mut self, per_window: u32, window: std::time::Duration) -> Option<u32> {
         if self.started.elapsed() >= window {
-            *self = Window::new();
+            *self = Window {
+                refused: self.refused,
+                ..Window::new()
+            };
         }
-        let admitted = self.count < per_window;
-        if admitted {
+        if self.count < per_window {
             self.count += 1;
+            Some(std::mem::take(&mut self.refused))
+        } else {
+            self.refused = self.refused.saturating_add(1);
+            None
         }
-        admitted
     }
 }
 
@@ -223,7 +232,7 @@ impl RateLimit {
 
     pub fn admit(&self) -> bool {
         let mut current = self.current.lock().expect("lock poisoned");
-        current.admit(self.per_window, self.window)
+        current.admit(self.per_window, self.window).is_some()
     }
 }
 
@@ -251,18 +260,33 @@ impl<K: std::hash::Hash + Eq + Clone> KeyedRateLimit<K> {
     }
 
     pub fn admit(&self, key: &K) -> bool {
+        self.admit_noting(key).is_some()
+    }
+
+    /// Like [`KeyedRateLimit::admit`]; when admitted, how many of `key`'s were
+    /// refused since its last admission (0 for keys in the overflow).
+    pub fn admit_noting(&self, key: &K) -> Option<u32> {
         let mut keys = self.keys.lock().expect("lock poisoned");
         if !keys.contains_key(key) && keys.len() >= self.max_keys {
             let window = self.window;
+            // Only a full table drops expired keys (and their unreported refusals).
             keys.retain(|_, current| current.started.elapsed() < window);
             if keys.len() >= self.max_keys {
                 drop(keys);
-                return self.overflow.admit();
+                return self.overflow.admit().then_some(0);
             }
         }
         keys.entry(key.clone())
             .or_insert_with(Window::new)
             .admit(self.per_window, self.window)
+    }
+
+    /// Counts `count` more refusals for `key` (admitted here, refused by a
+    /// later limit), to be reported with its next admission.
+    pub fn note_refused(&self, key: &K, count: u32) {
+        if let Some(window) = self.keys.lock().expect("lock poisoned").get_mut(key) {
+            window.refused = window.refused.saturating_add(count);
+        }
     }
 }
 
@@ -278,6 +302,18 @@ mod rate_tests {
         assert_eq!((0..5).filter(|_| limit.admit()).count(), 3);
         std::thread::sleep(Duration::from_millis(60));
         assert!(limit.admit(), "a new window");
+    }
+
+    #[test]
+    fn refusals_are_counted_until_the_next_admission() {
+        let limit = KeyedRateLimit::new(1, Duration::from_millis(50), 10);
+        assert_eq!(limit.admit_noting(&"a"), Some(0));
+        assert_eq!(limit.admit_noting(&"a"), None);
+        assert_eq!(limit.admit_noting(&"a"), None);
+        limit.note_refused(&"a", 2);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(limit.admit_noting(&"a"), Some(4), "kept across windows");
+        assert_eq!(limit.admit_noting(&"b"), Some(0));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod ext_authz;
 pub mod introspection;
+pub mod refusals;
 pub mod tokens;
 
 use crate::clock;

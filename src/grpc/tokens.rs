@@ -9,9 +9,10 @@ use crate::authority::{Authority, Grant};
 use crate::cidr::CidrList;
 use crate::clock;
 use crate::grpc::auth::{Caller, Callers, authenticate, bearer, peer_of};
+use crate::grpc::refusals::{RefusalBudget, Refused, network_of};
 use crate::grpc::token_message;
 use crate::model::{Actor, MAX_NAME_CHARS, Owner, TokenSpec, TokenState, parse_scopes};
-use crate::overload::{KeyedRateLimit, RateLimit};
+use crate::overload::KeyedRateLimit;
 use crate::policy::Policy;
 use crate::proto;
 use crate::proto::token_service_server::TokenService;
@@ -27,8 +28,7 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 pub struct TokenApi {
     verifier: Verifier,
     callers: Callers,
-    denials: RateLimit,
-    anonymous_denials: KeyedRateLimit<Option<IpAddr>>,
+    refusals: RefusalBudget,
     policy: Policy,
     leak_reports: KeyedRateLimit<Option<IpAddr>>,
 }
@@ -38,25 +38,6 @@ pub const MAX_LEAKED_TOKENS: usize = 1000;
 /// Leak reports per minute from one address.
 pub const LEAK_REPORTS_PER_MINUTE: u32 = 30;
 const MAX_SOURCE_CHARS: usize = 200;
-
-/// The network a rate limit counts an address in: IPv6 hosts usually hold a
-/// whole /64, so that is one key; IPv4 addresses (mapped ones included) count
-/// singly.
-fn network_of(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        v4 @ IpAddr::V4(_) => v4,
-        IpAddr::V6(v6) => {
-            let mut segments = v6.segments();
-            segments[4..].fill(0);
-            IpAddr::V6(segments.into())
-        }
-    }
-}
-
-/// Refused calls recorded per second, at most.
-pub const DENIALS_PER_SECOND: u32 = 50;
-/// Refused calls without a valid credential recorded per minute from one network.
-pub const ANONYMOUS_DENIALS_PER_MINUTE: u32 = 10;
 
 impl TokenApi {
     /// One page of tokens: the page token must come from the same query.
@@ -166,12 +147,7 @@ impl TokenApi {
             verifier,
             callers,
             policy,
-            denials: RateLimit::new(DENIALS_PER_SECOND),
-            anonymous_denials: KeyedRateLimit::new(
-                ANONYMOUS_DENIALS_PER_MINUTE,
-                Duration::from_secs(60),
-                10_000,
-            ),
+            refusals: RefusalBudget::default(),
             leak_reports: KeyedRateLimit::new(
                 LEAK_REPORTS_PER_MINUTE,
                 Duration::from_secs(60),
@@ -181,8 +157,7 @@ impl TokenApi {
     }
 
     /// The caller of `method`, which needs `scope`. A refusal is recorded in the
-    /// audit trail (at most [`DENIALS_PER_SECOND`] a second, so that a flood of
-    /// bad credentials cannot turn into a flood of writes).
+    /// audit trail within the budgets of [`RefusalBudget`].
     async fn caller<T>(
         &self,
         request: &Request<T>,
@@ -194,34 +169,44 @@ impl TokenApi {
             Err(refusal) => refusal,
         };
         let status = refusal.status;
-        // Anonymous refusals also have a budget per network, so that one source
-        // cannot use up the budget that real refusals (valid tokens) need.
-        let peer = peer_of(request);
-        let admitted = match refusal.principal {
-            Some(_) => true,
-            None => self
-                .anonymous_denials
-                .admit(&peer.map(|addr| network_of(addr.ip()))),
-        };
-        if matches!(
+        if !matches!(
             status.code(),
             Code::Unauthenticated | Code::PermissionDenied
-        ) && admitted
-            && self.denials.admit()
-        {
-            let event = Event {
-                seq: 0,
-                at: clock::now_micros(),
-                kind: EventKind::Denied,
-                token_id: None,
-                subject: refusal.owner.as_ref().map(|owner| owner.subject.clone()),
-                account: refusal.owner.map(|owner| owner.account),
-                actor: Actor::new(refusal.principal.as_deref().unwrap_or("anonymous"), peer),
-                detail: format!("{method}: {}", status.message()),
-            };
-            if let Err(err) = self.verifier.store().record_event(&event).await {
-                tracing::warn!(error = %err, "could not record a refused call");
-            }
+        ) {
+            return Err(status);
+        }
+        let peer = peer_of(request);
+        let refused = match &refusal.principal {
+            Some(principal) => Refused::Credential {
+                principal,
+                owner: refusal.owner.as_ref(),
+            },
+            None => Refused::Anonymous {
+                peer: peer.map(|addr| addr.ip()),
+            },
+        };
+        let Some(skipped) = self.refusals.admit(refused) else {
+            self.verifier.metrics().record_unrecorded_refusal();
+            return Err(status);
+        };
+        let mut detail = format!("{method}: {}", status.message());
+        if skipped > 0 {
+            detail.push_str(&format!(
+                " ({skipped} earlier refusals of this caller were not recorded)"
+            ));
+        }
+        let event = Event {
+            seq: 0,
+            at: clock::now_micros(),
+            kind: EventKind::Denied,
+            token_id: None,
+            subject: refusal.owner.as_ref().map(|owner| owner.subject.clone()),
+            account: refusal.owner.map(|owner| owner.account),
+            actor: Actor::new(refusal.principal.as_deref().unwrap_or("anonymous"), peer),
+            detail,
+        };
+        if let Err(err) = self.verifier.store().record_event(&event).await {
+            tracing::warn!(error = %err, "could not record a refused call");
         }
         Err(status)
     }
@@ -738,24 +723,6 @@ impl TokenService for TokenApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn budgets_count_ipv4_singly_even_when_mapped_and_ipv6_by_64() {
-        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
-        assert_eq!(network_of(ip("::ffff:198.51.100.7")), ip("198.51.100.7"));
-        assert_ne!(
-            network_of(ip("::ffff:198.51.100.7")),
-            network_of(ip("::ffff:198.51.100.8"))
-        );
-        assert_eq!(
-            network_of(ip("2001:db8:1:2:aaaa::1")),
-            network_of(ip("2001:db8:1:2:bbbb::2"))
-        );
-        assert_ne!(
-            network_of(ip("2001:db8:1:2::1")),
-            network_of(ip("2001:db8:1:3::1"))
-        );
-    }
 
     #[test]
     fn page_size_defaults_and_clamps() {

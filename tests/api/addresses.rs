@@ -58,7 +58,7 @@ async fn ipv4_clients_of_a_dual_stack_listener_count_singly(backend: Backend) {
             assert_eq!(err.code(), Code::Unauthenticated);
         }
     };
-    for _ in 0..patd::grpc::tokens::ANONYMOUS_DENIALS_PER_MINUTE + 5 {
+    for _ in 0..patd::grpc::refusals::ANONYMOUS_PER_NETWORK_PER_MINUTE + 5 {
         junk(&mut flooder).await;
     }
     junk(&mut other).await;
@@ -77,7 +77,7 @@ async fn ipv4_clients_of_a_dual_stack_listener_count_singly(backend: Backend) {
     };
     assert_eq!(
         from(2),
-        patd::grpc::tokens::ANONYMOUS_DENIALS_PER_MINUTE as usize,
+        patd::grpc::refusals::ANONYMOUS_PER_NETWORK_PER_MINUTE as usize,
         "{peers:?}"
     );
     assert_eq!(

@@ -292,7 +292,55 @@ backend_tests!(
     reported_leaks_are_revoked_and_the_answer_reveals_nothing,
     leak_reports_are_rate_limited_per_peer,
     anonymous_refusals_cannot_flood_the_trail,
+    one_flooding_token_cannot_starve_the_trail,
 );
+
+/// The flood: one low-privilege token's refusals fill only its own
+/// budget, so another token's refusal is still recorded; what was skipped is
+/// counted in the metrics.
+async fn one_flooding_token_cannot_starve_the_trail(app: TestApp) {
+    let (flooder, flooder_record) = app.mint(("mallory", "acme"), &["tag:read"], None).await;
+    let (victim, victim_record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    let mut tokens = app.tokens().await;
+    for _ in 0..200 {
+        let err = tokens
+            .list_tokens(authed(&flooder, ListTokensRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+    }
+    let err = tokens
+        .list_tokens(authed(&victim, ListTokensRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let all = app
+        .store
+        .list_events(None, None, 1000)
+        .await
+        .unwrap()
+        .events;
+    let denied = |id: &str| {
+        let principal = format!("token:{id}");
+        all.iter()
+            .filter(|event| event.kind == EventKind::Denied && event.actor.principal == principal)
+            .count()
+    };
+    assert_eq!(
+        denied(&flooder_record.id),
+        patd::grpc::refusals::PER_CREDENTIAL_PER_MINUTE as usize
+    );
+    assert_eq!(
+        denied(&victim_record.id),
+        1,
+        "the other token's refusal is recorded"
+    );
+    let (scrape, _) = crate::metrics::scrape(&app).await;
+    assert_eq!(
+        crate::metrics::value(&scrape, "patd_audit_refusals_unrecorded_total", &[]),
+        190.0
+    );
+}
 
 async fn anonymous_refusals_cannot_flood_the_trail(app: TestApp) {
     let mut tokens = app.tokens().await;

@@ -36,7 +36,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
     (status, content_type, body.to_owned())
 }
 
-async fn scrape(app: &TestApp) -> (Scrape, String) {
+pub async fn scrape(app: &TestApp) -> (Scrape, String) {
     let (status, content_type, body) = http_get(app.metrics_addr, "/metrics").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(
@@ -48,7 +48,7 @@ async fn scrape(app: &TestApp) -> (Scrape, String) {
 }
 
 /// The value of the sample of `metric` whose labels include all of `labels`.
-fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
     let matching: Vec<&Sample> = scrape
         .samples
         .iter()
