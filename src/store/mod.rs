@@ -183,7 +183,11 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => true,
+            | sqlx::Error::WorkerCrashed
+            // A connection in a state it cannot recover from: it is discarded
+            // (see `open_pool`), and the next attempt gets another.
+            | sqlx::Error::InvalidSavePointStatement
+            | sqlx::Error::BeginFailed => true,
             sqlx::Error::Database(db) => database_fault(db.as_ref()).is_some(),
             _ => false,
         };
@@ -208,7 +212,16 @@ async fn open_pool<DB: sqlx::Database>(
         .acquire_timeout(options.acquire_timeout)
         // A ping before every query costs a round trip per lookup (97 -> 32 µs on
         // SQLite, see perf-ceiling.md); a broken connection fails its query instead.
-        .test_before_acquire(false);
+        .test_before_acquire(false)
+        // A connection still in a transaction when it is taken from the pool is
+        // one whose rollback failed (SQLite rolls back by itself on a full disk,
+        // so sqlx's ROLLBACK fails and its transaction depth stays up): every
+        // later BEGIN on it would fail. Close it and open a fresh one. The
+        // check reads a counter: no round trip. (The pool's ping on release has
+        // already run the rollback an unfinished transaction leaves queued.)
+        .before_acquire(|conn, _| {
+            Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+        });
     if when == Connect::Lazily {
         return Ok(pool_options.connect_lazy_with(connect));
     }

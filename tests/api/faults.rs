@@ -239,7 +239,7 @@ backend_tests!(a_write_lock_held_too_long_is_unavailable_not_a_hang);
 /// fail with a clear status, reads go on, the server keeps running and nothing
 /// already stored is lost.
 #[tokio::test]
-async fn sqlite_full_disk_refuses_writes_clearly_and_keeps_serving() {
+async fn sqlite_full_disk_refuses_writes_clearly_and_recovers_by_itself() {
     let Some(app) = TestApp::spawn_with(Backend::Sqlite, TestApp::settings()).await else {
         unreachable!("SQLite is always available");
     };
@@ -260,7 +260,9 @@ async fn sqlite_full_disk_refuses_writes_clearly_and_keeps_serving() {
         .local_addr()
         .unwrap();
     let mut server = std::process::Command::new("prlimit")
-        .arg(format!("--fsize={}", largest + 64 * 1024))
+        // A soft limit, which the test raises again below (a hard one could
+        // only be raised with CAP_SYS_RESOURCE).
+        .arg(format!("--fsize={}:unlimited", largest + 64 * 1024))
         .arg(env!("CARGO_BIN_EXE_patd"))
         .args(["serve", "--log", "error", "--listen", &addr.to_string()])
         .args(["--database-url", app.database_url.expose()])
@@ -303,6 +305,57 @@ async fn sqlite_full_disk_refuses_writes_clearly_and_keeps_serving() {
         server.try_wait().unwrap().is_none(),
         "the server is still running"
     );
+    // Every later write is refused the same way (no connection is left stuck
+    // in the failed transaction, which answered INTERNAL before) ...
+    let fill = |n: usize| patd::proto::CreateTokenRequest {
+        name: format!("after {n}"),
+        scopes: vec!["tag:read".to_owned()],
+        expires_at: None,
+        allowed_cidrs: vec![],
+    };
+    for n in 0..10 {
+        let status = tokens
+            .create_token(authed(&manager, fill(n)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    let rotate = patd::proto::RotateSelfRequest::default();
+    let status = tokens
+        .rotate_self(authed(&created[0], rotate))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // ... and once there is room again, writes work by themselves.
+    let raised = std::process::Command::new("prlimit")
+        .args(["--pid", &server.id().to_string(), "--fsize=unlimited"])
+        .status()
+        .unwrap();
+    assert!(raised.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let recovered = loop {
+        match tokens.create_token(authed(&manager, fill(99))).await {
+            Ok(answer) => break answer.into_inner().secret,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "writes never resumed: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let rotated = tokens
+        .rotate_self(authed(
+            &created[0],
+            patd::proto::RotateSelfRequest::default(),
+        ))
+        .await
+        .expect("rotation works again")
+        .into_inner();
+    created[0] = rotated.secret;
+    created.push(recovered);
     let mut introspection =
         patd::proto::introspection_service_client::IntrospectionServiceClient::new(channel);
     for secret in created.iter().chain([&manager]) {
