@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::grpc::auth::{Callers, IntrospectionCallers, TrustedCallerConfig};
+use crate::grpc::auth::{
+    Callers, IntrospectionCallers, SERVICE_CREDENTIAL_PREFIX, TrustedCallerConfig,
+};
 use crate::policy::{Policy, PolicyConfig};
 use crate::server::ServerSettings;
 use crate::store::{DatabaseUrl, StoreOptions};
@@ -115,7 +117,8 @@ pub struct Config {
 
 fn parse_duration(key: &str, text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
-        .map_err(|err| format!("{key} = {text:?} is not a duration like \"10s\" or \"1m\": {err}"))
+        // The value is not echoed: whatever was typed there stays out of logs.
+        .map_err(|err| format!("{key} is not a duration like \"10s\" or \"1m\": {err}"))
 }
 
 /// The override, else the file's value, else `default`.
@@ -133,6 +136,35 @@ fn duration(
 }
 
 const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Refuses database URLs that would lose what is stored: an SQLite URL naming
+/// no file (`sqlite:`) or an in-memory database (each pooled connection would
+/// get one of its own, and all of it is gone on exit).
+fn check_database_url(url: &DatabaseUrl) -> Result<(), String> {
+    if !url.is_sqlite() {
+        return Ok(());
+    }
+    let rest = url.expose().trim_start_matches("sqlite:");
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.trim().is_empty() {
+        return Err(format!(
+            "database_url {:?} names no file: use sqlite:PATH, e.g. sqlite://patd.db",
+            url.redacted()
+        ));
+    }
+    let in_memory = path == ":memory:"
+        || query
+            .split('&')
+            .any(|param| param.eq_ignore_ascii_case("mode=memory"));
+    if in_memory {
+        return Err(format!(
+            "database_url {:?} is an in-memory database, which loses every token on exit: name a file",
+            url.redacted()
+        ));
+    }
+    Ok(())
+}
 
 fn tls_settings(overrides: &Overrides, file: &FileConfig) -> Result<Option<TlsSettings>, String> {
     let cert = overrides
@@ -178,7 +210,79 @@ fn tls_settings(overrides: &Overrides, file: &FileConfig) -> Result<Option<TlsSe
 fn read_file(path: &Path) -> Result<FileConfig, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("cannot read config file {}: {err}", path.display()))?;
-    toml::from_str(&text).map_err(|err| format!("config file {}: {err}", path.display()))
+    toml::from_str(&text).map_err(|err| describe_toml_error(path, &text, &err))
+}
+
+/// Where and what is wrong in the file, never what the file says there: the
+/// toml crate's own text quotes the offending line, which may hold a database
+/// password, and serde's messages quote the offending value.
+fn describe_toml_error(path: &Path, text: &str, err: &toml::de::Error) -> String {
+    let location = err.span().map_or_else(String::new, |span| {
+        let start = span.start.min(text.len());
+        let before = text.get(..start).unwrap_or_default();
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        // The key the line sets, when it is a plain one: it says what to fix.
+        let line_text = text.lines().nth(line - 1).unwrap_or_default();
+        let key = line_text
+            .split_once('=')
+            .map(|(key, _)| key.trim())
+            .filter(|key| {
+                !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            });
+        match key {
+            Some(key) => format!(", line {line}, column {column} ({key})"),
+            None => format!(", line {line}, column {column}"),
+        }
+    });
+    format!(
+        "config file {}{location}: {}",
+        path.display(),
+        redact_values(err.message())
+    )
+}
+
+/// `message` with the values serde quotes (`string "…"`, `character '…'`,
+/// unknown variant `` `…` ``) replaced by `…`; key names (unknown field `x`)
+/// stay, since they say what to fix.
+fn redact_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    loop {
+        let next = rest
+            .char_indices()
+            .find(|&(i, c)| c == '"' || c == '\'' || rest[i..].starts_with("variant `"));
+        let Some((start, c)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        let (open, close) = match c {
+            '"' => ("\"", '"'),
+            '\'' => ("'", '\''),
+            _ => ("variant `", '`'),
+        };
+        out.push_str(&rest[..start]);
+        out.push_str(open);
+        let value = &rest[start + open.len()..];
+        // serde escapes quotes inside the value with a backslash.
+        let mut escaped = false;
+        let end = value.char_indices().find(|&(_, c)| {
+            let found = c == close && !escaped;
+            escaped = c == '\\' && !escaped;
+            found
+        });
+        out.push('…');
+        match end {
+            Some((end, _)) => {
+                out.push(close);
+                rest = &value[end + close.len_utf8()..];
+            }
+            None => return out,
+        }
+    }
 }
 
 impl Config {
@@ -222,6 +326,7 @@ impl Config {
                 .or(file.database_url)
                 .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
         );
+        check_database_url(&database_url)?;
         let default_connections = if database_url.is_sqlite() {
             DEFAULT_SQLITE_CONNECTIONS
         } else {
@@ -316,6 +421,16 @@ impl Config {
             .or(file.token_prefix)
             .unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
         server.token_format = TokenFormat::new(&prefix).map_err(|err| err.to_string())?;
+        // A token with the service-credential prefix would be taken for a
+        // service credential (and one that starts like it for a token).
+        if prefix.starts_with(SERVICE_CREDENTIAL_PREFIX)
+            || SERVICE_CREDENTIAL_PREFIX.starts_with(&prefix)
+        {
+            return Err(format!(
+                "token_prefix {prefix:?} collides with the prefix of service credentials \
+                 ({SERVICE_CREDENTIAL_PREFIX}): choose another"
+            ));
+        }
         Ok(Config {
             metrics_listen: overrides.metrics_listen.or(file.metrics_listen),
             health_listen: overrides.health_listen.or(file.health_listen),
@@ -440,5 +555,103 @@ mod tests {
             ..Overrides::default()
         });
         assert!(missing.unwrap_err().contains("cannot read config file"));
+    }
+
+    /// Every way a file can be wrong next to a password: the error says where,
+    /// and never what the file says there.
+    #[test]
+    fn file_errors_never_show_a_password() {
+        let url = "postgres://patd:hunter2@db.internal/patd";
+        let cases = [
+            (format!("database_url = \"{url}\nlisten = 1"), "line 1"),
+            (
+                format!("database_url = \"{url}\"\ndatabse = 2"),
+                "unknown field `databse`",
+            ),
+            (
+                format!("max_connections = \"{url}\""),
+                "invalid type: string \"…\", expected u32",
+            ),
+            (
+                format!("database_url = \"{url}\"\ndatabase_url = \"{url}\""),
+                "line 2",
+            ),
+            (format!("database_url = {url}"), "must be quoted"),
+            (
+                "log_format = \"hunter2\"".to_owned(),
+                "unknown variant `…`, expected",
+            ),
+            (format!("listen = '{url}'"), "socket address"),
+            (format!("[policy]\nmax_lifetime = \"{url}\""), "policy"),
+            (format!("shutdown_grace = \"{url}\""), "shutdown_grace"),
+            (
+                format!("[[trusted_callers]]\nname = \"x\"\ncredential_hash = \"{url}\""),
+                "64 hex",
+            ),
+        ];
+        for (text, expected) in cases {
+            let file = file_with(&text);
+            let err = Config::load(Overrides {
+                config_file: Some(file.path().to_owned()),
+                ..Overrides::default()
+            })
+            .unwrap_err();
+            assert!(!err.contains("hunter2"), "{text:?}: {err}");
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn urls_that_would_lose_tokens_are_refused() {
+        for url in [
+            "sqlite:",
+            "sqlite://",
+            "sqlite:?mode=rwc",
+            "sqlite::memory:",
+            "sqlite://x.db?mode=memory",
+        ] {
+            let err = Config::load(Overrides {
+                database_url: Some(url.to_owned()),
+                ..Overrides::default()
+            })
+            .unwrap_err();
+            assert!(
+                err.contains("names no file") || err.contains("in-memory"),
+                "{url}: {err}"
+            );
+        }
+        for url in [
+            "sqlite:patd.db",
+            "sqlite://patd.db",
+            "sqlite:///var/lib/patd/patd.db?mode=rwc",
+        ] {
+            assert!(
+                Config::load(Overrides {
+                    database_url: Some(url.to_owned()),
+                    ..Overrides::default()
+                })
+                .is_ok(),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_prefixes_that_collide_with_service_credentials_are_refused() {
+        for prefix in ["patdsvc_", "patdsvc_x_"] {
+            let err = Config::load(Overrides {
+                token_prefix: Some(prefix.to_owned()),
+                ..Overrides::default()
+            })
+            .unwrap_err();
+            assert!(err.contains("collides"), "{prefix}: {err}");
+        }
+        assert!(
+            Config::load(Overrides {
+                token_prefix: Some("acme_".to_owned()),
+                ..Overrides::default()
+            })
+            .is_ok()
+        );
     }
 }

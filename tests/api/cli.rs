@@ -549,3 +549,72 @@ async fn client_rotates_shows_itself_reads_events_and_reports_leaks(app: TestApp
         "{kinds:?}"
     );
 }
+
+/// Configurations that would flap, lose tokens or misread credentials are
+/// refused at start-up, by every command, with a message that names no secret.
+#[test]
+fn start_up_refuses_configurations_that_would_misbehave() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("patd.toml");
+    std::fs::write(
+        &config,
+        "database_url = \"postgres://patd:hunter2@db.internal/patd\nlisten = 1\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let addr = free_addr();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--database-url", "sqlite:", "serve", "--listen", &addr],
+            "names no file",
+        ),
+        (
+            &[
+                "--database-url",
+                "sqlite:",
+                "admin",
+                "create",
+                "--subject",
+                "a",
+                "--account",
+                "b",
+                "--name",
+                "x",
+                "--scopes",
+                "tag:read",
+            ],
+            "names no file",
+        ),
+        (
+            &[
+                "--database-url",
+                "sqlite::memory:",
+                "serve",
+                "--listen",
+                &addr,
+            ],
+            "in-memory",
+        ),
+        (
+            &["--token-prefix", "patdsvc_", "serve", "--listen", &addr],
+            "collides",
+        ),
+        (&["--config", config, "serve", "--listen", &addr], "line 1"),
+    ];
+    for (args, expected) in cases {
+        let output = patd().current_dir(dir.path()).args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {output:?}");
+        assert!(
+            output.stdout.is_empty(),
+            "{args:?} printed {}",
+            stdout(&output)
+        );
+        let err = stderr(&output);
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!err.contains("hunter2"), "{args:?}: {err}");
+    }
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().count() == 1,
+        "no database was created"
+    );
+}
