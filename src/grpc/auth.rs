@@ -377,6 +377,7 @@ impl From<StoreError> for Status {
         tracing::error!(error = %err, "storage call failed");
         match err {
             StoreError::Unavailable(_) => Status::unavailable(err.public_reason()),
+            StoreError::Rejected(_) => Status::invalid_argument(err.public_reason()),
             StoreError::Config(_) | StoreError::Failed(_) | StoreError::Migrate(_) => {
                 Status::internal(err.public_reason())
             }

@@ -1,16 +1,14 @@
 //! `pat.v1.IntrospectionService`: is this bearer token valid, whose is it, and
 //! which scopes does it grant?
 
-use std::net::IpAddr;
-
 use tonic::{Request, Response, Status};
 
 use crate::clock;
 use crate::grpc::auth::Callers;
+use crate::grpc::requests;
 use crate::metrics::IntrospectOutcome;
 use crate::proto;
 use crate::proto::introspection_service_server::IntrospectionService;
-use crate::scope::ScopeSet;
 use crate::verifier::{Lane, Verifier};
 
 pub const TOKEN_TYPE: &str = "Bearer";
@@ -34,21 +32,8 @@ impl IntrospectionService for IntrospectionApi {
         request: Request<proto::IntrospectRequest>,
     ) -> Result<Response<proto::IntrospectResponse>, Status> {
         self.callers.admit_introspection(&request)?;
+        let (required, client) = requests::introspect(request.get_ref())?;
         let request = request.into_inner();
-        // A misspelt required scope is the calling service's bug: say so loudly
-        // rather than deny every token in silence.
-        let required = ScopeSet::parse(&request.required_scopes)
-            .map_err(|unknown| Status::invalid_argument(format!("required_scopes: {unknown}")))?;
-        let client = match request.client_ip.trim() {
-            "" => None,
-            text => Some(
-                text.parse::<IpAddr>()
-                    .map_err(|_| {
-                        Status::invalid_argument("client_ip is not an IPv4 or IPv6 address")
-                    })?
-                    .to_canonical(),
-            ),
-        };
         let metrics = self.verifier.metrics();
         // Storage errors propagate as UNAVAILABLE/INTERNAL: fail closed.
         let verified = self

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod ext_authz;
 pub mod introspection;
 pub mod refusals;
+pub mod requests;
 pub mod tokens;
 
 use crate::clock;

@@ -108,6 +108,11 @@ pub enum StoreError {
     Unavailable(sqlx::Error),
     /// Storage answered with an error.
     Failed(sqlx::Error),
+    /// Storage refused a value the request carried (a Postgres data exception,
+    /// SQLite's "too big"): the request's fault, not the server's. Requests are
+    /// validated before they reach storage; this keeps a gap in that from
+    /// being answered `INTERNAL`.
+    Rejected(sqlx::Error),
     /// Applying migrations failed.
     Migrate(sqlx::migrate::MigrateError),
 }
@@ -118,6 +123,7 @@ impl fmt::Display for StoreError {
             StoreError::Config(message) => f.write_str(message),
             StoreError::Unavailable(err) => write!(f, "storage unavailable: {err}"),
             StoreError::Failed(err) => write!(f, "storage error: {err}"),
+            StoreError::Rejected(err) => write!(f, "storage refused a value: {err}"),
             StoreError::Migrate(err) => write!(f, "migration failed: {err}"),
         }
     }
@@ -129,6 +135,9 @@ impl StoreError {
     /// What a caller may be told about an unavailable store: the kind of fault,
     /// never the driver's text (which may name hosts, files or queries).
     pub fn public_reason(&self) -> &'static str {
+        if let StoreError::Rejected(_) = self {
+            return "a value in the request cannot be stored: check its length and characters";
+        }
         let StoreError::Unavailable(err) = self else {
             return "storage error";
         };
@@ -176,6 +185,19 @@ fn database_fault(db: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<&'s
     }
 }
 
+/// Whether storage refused a value itself (not the statement, not the state):
+/// Postgres SQLSTATE class 22 (data exception: invalid encoding such as a NUL
+/// in text, string too long, numeric out of range), SQLite `SQLITE_TOOBIG`.
+fn is_rejected_value(db: &(dyn sqlx::error::DatabaseError + 'static)) -> bool {
+    let Some(code) = db.code() else {
+        return false;
+    };
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        return code.parse::<i32>().is_ok_and(|code| code & 0xFF == 18);
+    }
+    code.starts_with("22")
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         let transient = match &err {
@@ -191,8 +213,14 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) => database_fault(db.as_ref()).is_some(),
             _ => false,
         };
+        let rejected = match &err {
+            sqlx::Error::Database(db) => is_rejected_value(db.as_ref()),
+            _ => false,
+        };
         if transient {
             StoreError::Unavailable(err)
+        } else if rejected {
+            StoreError::Rejected(err)
         } else {
             StoreError::Failed(err)
         }

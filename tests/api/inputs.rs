@@ -247,7 +247,36 @@ async fn the_cli_never_prints_stored_text_raw(app: TestApp) {
     }
 }
 
+/// The safety net under validation: text Postgres cannot hold, should any
+/// reach it, is the request's fault (`INVALID_ARGUMENT`), not `INTERNAL`.
+async fn values_storage_refuses_are_the_requests_fault(app: TestApp) {
+    let event = patd::store::Event {
+        seq: 0,
+        at: patd::clock::now_micros(),
+        kind: patd::store::EventKind::Denied,
+        token_id: None,
+        subject: None,
+        account: Some("acme".to_owned()),
+        actor: patd::model::Actor::operator(),
+        detail: "nul\0inside".to_owned(),
+    };
+    match (app.backend, app.store.record_event(&event).await) {
+        (crate::helpers::Backend::Postgres, Err(err)) => {
+            assert!(
+                matches!(err, patd::store::StoreError::Rejected(_)),
+                "{err:?}"
+            );
+            let status = tonic::Status::from(err);
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(!status.message().contains("nul"), "{}", status.message());
+        }
+        (crate::helpers::Backend::Sqlite, Ok(())) => {}
+        (backend, result) => panic!("{backend:?}: {result:?}"),
+    }
+}
+
 backend_tests!(
+    values_storage_refuses_are_the_requests_fault,
     list_filters_and_enums_are_validated,
     leak_sources_never_stop_a_revocation,
     a_trusted_caller_names_one_owner_once with portal_trusted_settings,
