@@ -263,8 +263,9 @@ pub async fn run(cli: Cli) -> CliResult {
         }
         Command::Admin(AdminCommand::ServiceCredential { name }) => {
             let credential = generate_service_credential();
+            // Valid TOML as it stands, so `2>caller.toml` makes a configuration.
             note!(
-                "Add to the configuration file of every replica:\n\n[[trusted_callers]]\nname = {name:?}\ncredential_hash = \"{}\"\n\nThe credential below is shown once; give it to {name} only.",
+                "# Add to the configuration file of every replica:\n[[trusted_callers]]\nname = {name:?}\ncredential_hash = \"{}\"\n# The credential (on stdout) is shown once; give it to {name} only.",
                 service_credential_hash(&credential).to_hex()
             );
             out!("{credential}");

@@ -37,8 +37,55 @@ pub fn rfc3339(micros: i64) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
+/// A duration from configuration (`key` names the setting in the message).
+pub fn parse_duration(key: &str, text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|err| {
+        format!(
+            "{key} is not a duration like \"10s\" or \"1m\": {}",
+            duration_error(&err)
+        )
+    })
+}
+
+/// What is wrong with a duration, without quoting it (humantime's own text
+/// repeats the value): whatever was typed there stays out of logs.
+pub fn duration_error(err: &humantime::DurationError) -> String {
+    use humantime::DurationError;
+    match err {
+        DurationError::InvalidCharacter(at) => format!("invalid character at position {at}"),
+        DurationError::NumberExpected(at) => format!("expected a number at position {at}"),
+        DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
+            "a unit is needed after the number (ms, s, m, h, d, …)".to_owned()
+        }
+        DurationError::UnknownUnit { .. } => {
+            "unknown unit (known: ns, us, ms, s, m, h, d, w, M, y)".to_owned()
+        }
+        DurationError::NumberOverflow => "the number is too large".to_owned(),
+        DurationError::Empty => "it is empty".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    /// Found by the `duration` fuzz target: humantime's message repeats the
+    /// value ("time unit needed, for example 6622sec"); ours does not.
+    #[test]
+    fn duration_errors_do_not_repeat_the_value() {
+        for (text, reason) in [
+            ("6622", "a unit is needed"),
+            ("10 parsecs", "unknown unit"),
+            ("soon", "expected a number"),
+            ("", "empty"),
+        ] {
+            let err = parse_duration("shutdown_grace", text).unwrap_err();
+            assert!(err.starts_with("shutdown_grace is not a duration"), "{err}");
+            assert!(err.contains(reason), "{text:?}: {err}");
+            assert!(text.is_empty() || !err.contains(text), "{text:?}: {err}");
+        }
+        assert_eq!(parse_duration("k", "1m 30s"), Ok(Duration::from_secs(90)));
+    }
+
     use super::*;
 
     #[test]

@@ -44,8 +44,12 @@ pub struct Policy {
 fn parse(key: &str, text: &Option<String>) -> Result<Option<Duration>, String> {
     text.as_deref()
         .map(|text| {
-            humantime::parse_duration(text)
-                .map_err(|err| format!("policy {key} is not a duration like \"30d\": {err}"))
+            humantime::parse_duration(text).map_err(|err| {
+                format!(
+                    "policy {key} is not a duration like \"30d\": {}",
+                    crate::clock::duration_error(&err)
+                )
+            })
         })
         .transpose()
 }

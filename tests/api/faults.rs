@@ -259,17 +259,20 @@ async fn sqlite_full_disk_refuses_writes_clearly_and_recovers_by_itself() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut server = std::process::Command::new("prlimit")
-        // A soft limit, which the test raises again below (a hard one could
-        // only be raised with CAP_SYS_RESOURCE).
-        .arg(format!("--fsize={}:unlimited", largest + 64 * 1024))
-        .arg(env!("CARGO_BIN_EXE_patd"))
-        .args(["serve", "--log", "error", "--listen", &addr.to_string()])
-        .args(["--database-url", app.database_url.expose()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prlimit (util-linux) runs patd");
+    // Killed on drop, so that a failed assertion leaves no server behind.
+    let mut server = helpers::KillOnDrop(
+        std::process::Command::new("prlimit")
+            // A soft limit, which the test raises again below (a hard one could
+            // only be raised with CAP_SYS_RESOURCE).
+            .arg(format!("--fsize={}:unlimited", largest + 64 * 1024))
+            .arg(env!("CARGO_BIN_EXE_patd"))
+            .args(["serve", "--log", "error", "--listen", &addr.to_string()])
+            .args(["--database-url", app.database_url.expose()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prlimit (util-linux) runs patd"),
+    );
     let channel = loop {
         let endpoint = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap();
         if let Ok(channel) = endpoint.connect().await {

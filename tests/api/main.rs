@@ -19,6 +19,7 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod policy;
+mod readme;
 mod server;
 mod storm;
 mod tls;
