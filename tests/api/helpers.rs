@@ -367,29 +367,20 @@ impl TestApp {
     /// Runs `sql` with text parameters on the app's database directly, as an
     /// older version or a hand-made edit might have written it.
     pub async fn execute_raw(&self, sql: &str, binds: &[&str]) {
+        macro_rules! execute_on {
+            ($pool:ty) => {{
+                let pool = <$pool>::connect(self.database_url.expose()).await.unwrap();
+                let mut query = sqlx::query(sql);
+                for bind in binds {
+                    query = query.bind(*bind);
+                }
+                query.execute(&pool).await.unwrap();
+                pool.close().await;
+            }};
+        }
         match self.backend {
-            Backend::Sqlite => {
-                let pool = sqlx::SqlitePool::connect(self.database_url.expose())
-                    .await
-                    .unwrap();
-                let mut query = sqlx::query(sql);
-                for bind in binds {
-                    query = query.bind(*bind);
-                }
-                query.execute(&pool).await.unwrap();
-                pool.close().await;
-            }
-            Backend::Postgres => {
-                let pool = sqlx::PgPool::connect(self.database_url.expose())
-                    .await
-                    .unwrap();
-                let mut query = sqlx::query(sql);
-                for bind in binds {
-                    query = query.bind(*bind);
-                }
-                query.execute(&pool).await.unwrap();
-                pool.close().await;
-            }
+            Backend::Sqlite => execute_on!(sqlx::SqlitePool),
+            Backend::Postgres => execute_on!(sqlx::PgPool),
         }
     }
 
