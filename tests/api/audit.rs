@@ -371,7 +371,12 @@ async fn anonymous_refusals_cannot_flood_the_trail(app: TestApp) {
     assert_eq!(denied("token:"), 1);
 
     // Anonymous refusals age out; nothing else does.
-    let before = app.store.list_events(None, None, 1000).await.unwrap().events;
+    let before = app
+        .store
+        .list_events(None, None, 1000)
+        .await
+        .unwrap()
+        .events;
     let pruned = app
         .store
         .prune_anonymous_denials(patd::clock::now_micros() + 1)
