@@ -6,10 +6,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use patd::cache::{CacheSettings, Cached, TokenCache};
-use patd::model::{Owner, TokenRecord};
-use patd::scope::ScopeSet;
-use patd::token::{SecretHash, TokenFormat};
+use patd::domain::model::{Owner, TokenRecord};
+use patd::domain::scope::ScopeSet;
+use patd::domain::token::{SecretHash, TokenFormat};
+use patd::verify::cache::{CacheSettings, Cached, TokenCache};
 
 fn token_parsing(c: &mut Criterion) {
     let format = TokenFormat::default();

@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::clock;
-use crate::grpc::auth::{
+use crate::api::auth::{
     Callers, IntrospectionCallers, SERVICE_CREDENTIAL_PREFIX, TrustedCallerConfig,
 };
-use crate::policy::{Policy, PolicyConfig};
-use crate::server::ServerSettings;
+use crate::domain::clock;
+use crate::domain::policy::{Policy, PolicyConfig};
+use crate::domain::token::{DEFAULT_PREFIX, TokenFormat};
+use crate::serve::ServerSettings;
+use crate::serve::telemetry::LogFormat;
+use crate::serve::tls::{ClientAuth, TlsSettings};
 use crate::store::{DatabaseUrl, StoreOptions};
-use crate::telemetry::LogFormat;
-use crate::tls::{ClientAuth, TlsSettings};
-use crate::token::{DEFAULT_PREFIX, TokenFormat};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// An SQLite file in the working directory, created on first start.

@@ -1,27 +1,27 @@
 //! patd: issues, manages and introspects personal access tokens over gRPC.
+//!
+//! The library is the server, in layers; each may use only the layers listed
+//! before it (see ARCHITECTURE.md, and `tests/api/architecture.rs`, which
+//! enforces it):
+//!
+//! 1. [`proto`]: the generated `pat.v1` types.
+//! 2. [`domain`]: what a token is and the rules it obeys. Pure.
+//! 3. [`metrics`]: counters and histograms, recorded by every layer above.
+//! 4. [`store`]: storage on SQLite or Postgres.
+//! 5. [`verify`]: the hot path: a presented secret checked through the cache.
+//! 6. [`api`]: the gRPC services over the verifier and the store.
+//! 7. [`serve`]: the process: listeners, TLS, overload, logs, the metrics endpoint.
+//! 8. [`config`]: settings from defaults, file, environment and flags.
+//!
+//! The command line (`src/cli/`) is the binary's, not the library's.
 
-pub mod authority;
-pub mod bench;
-pub mod cache;
-pub mod cidr;
-pub mod cli;
-pub mod client;
-pub mod clock;
+pub mod api;
 pub mod config;
-pub mod grpc;
+pub mod domain;
 pub mod metrics;
-pub mod model;
-pub mod output;
-pub mod overload;
-pub mod policy;
-pub mod scope;
-pub mod server;
+pub mod serve;
 pub mod store;
-pub mod telemetry;
-pub mod text;
-pub mod tls;
-pub mod token;
-pub mod verifier;
+pub mod verify;
 
 /// Code generated from `proto/pat/v1/pat.proto`.
 pub mod proto {

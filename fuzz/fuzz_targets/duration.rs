@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Err(err) = patd::clock::parse_duration("shutdown_grace", text) {
+    if let Err(err) = patd::domain::clock::parse_duration("shutdown_grace", text) {
         let reason = err.strip_prefix(PREFIX).unwrap_or_else(|| panic!("{err}"));
         let shape: String = reason
             .split(|c: char| c.is_ascii_digit())

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use patd::grpc::requests;
-use patd::model::Owner;
+use patd::api::requests;
+use patd::domain::model::Owner;
 use patd::proto;
 use patd::store::Cursor;
 

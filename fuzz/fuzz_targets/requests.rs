@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use patd::grpc::requests;
-use patd::model::Owner;
+use patd::api::requests;
+use patd::domain::model::Owner;
 use patd::proto;
 use prost::Message;
 use tonic::{Code, Status};
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(request) = proto::CreateTokenRequest::decode(bytes) {
                 refused_properly(requests::create(&request).map(|new| {
                     assert!(!new.scopes.is_empty());
-                    assert!(!new.name.chars().any(patd::text::is_forbidden));
+                    assert!(!new.name.chars().any(patd::domain::text::is_forbidden));
                 }));
             }
         }
@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
         6 => {
             if let Ok(request) = proto::ReportLeakedTokensRequest::decode(bytes) {
                 refused_properly(requests::leak_report(&request).map(|source| {
-                    assert!(!source.chars().any(patd::text::is_forbidden));
+                    assert!(!source.chars().any(patd::domain::text::is_forbidden));
                     assert!(source.chars().count() <= requests::MAX_SOURCE_CHARS);
                 }));
             }

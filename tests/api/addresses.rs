@@ -21,7 +21,7 @@ async fn tokens_from(app: &TestApp, from: IpAddr) -> TokenServiceClient<tonic::t
 }
 
 async fn ipv4_clients_of_a_dual_stack_listener_count_singly(backend: Backend) {
-    let settings = patd::server::ServerSettings {
+    let settings = patd::serve::ServerSettings {
         last_used_interval: Duration::from_millis(100),
         ..TestApp::settings()
     };
@@ -35,7 +35,7 @@ async fn ipv4_clients_of_a_dual_stack_listener_count_singly(backend: Backend) {
         source: String::new(),
     };
     let mut flooder = tokens_from(&app, loopback(2)).await;
-    for _ in 0..patd::grpc::tokens::LEAK_REPORTS_PER_MINUTE {
+    for _ in 0..patd::api::tokens::LEAK_REPORTS_PER_MINUTE {
         flooder.report_leaked_tokens(report()).await.unwrap();
     }
     let refused = flooder.report_leaked_tokens(report()).await.unwrap_err();
@@ -58,7 +58,7 @@ async fn ipv4_clients_of_a_dual_stack_listener_count_singly(backend: Backend) {
             assert_eq!(err.code(), Code::Unauthenticated);
         }
     };
-    for _ in 0..patd::grpc::refusals::ANONYMOUS_PER_NETWORK_PER_MINUTE + 5 {
+    for _ in 0..patd::api::refusals::ANONYMOUS_PER_NETWORK_PER_MINUTE + 5 {
         junk(&mut flooder).await;
     }
     junk(&mut other).await;
@@ -77,7 +77,7 @@ async fn ipv4_clients_of_a_dual_stack_listener_count_singly(backend: Backend) {
     };
     assert_eq!(
         from(2),
-        patd::grpc::refusals::ANONYMOUS_PER_NETWORK_PER_MINUTE as usize,
+        patd::api::refusals::ANONYMOUS_PER_NETWORK_PER_MINUTE as usize,
         "{peers:?}"
     );
     assert_eq!(

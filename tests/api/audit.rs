@@ -333,7 +333,7 @@ async fn one_flooding_token_cannot_starve_the_trail(app: TestApp) {
     };
     assert_eq!(
         denied(&flooder_record.id),
-        patd::grpc::refusals::PER_CREDENTIAL_PER_MINUTE as usize
+        patd::api::refusals::PER_CREDENTIAL_PER_MINUTE as usize
     );
     assert_eq!(
         denied(&victim_record.id),
@@ -379,7 +379,7 @@ async fn anonymous_refusals_cannot_flood_the_trail(app: TestApp) {
         .events;
     let pruned = app
         .store
-        .prune_anonymous_denials(patd::clock::now_micros() + 1)
+        .prune_anonymous_denials(patd::domain::clock::now_micros() + 1)
         .await
         .unwrap();
     assert_eq!(pruned, 10);

@@ -4,16 +4,16 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use patd::cache::CacheSettings;
-use patd::clock;
-use patd::model::Actor;
+use patd::domain::clock;
+use patd::domain::model::Actor;
 use patd::proto::introspection_service_client::IntrospectionServiceClient;
 use patd::proto::{
     DeleteTokenRequest, GetTokenRequest, IntrospectRequest, IntrospectResponse, ListTokensRequest,
     RevokeTokenRequest,
 };
-use patd::server::ServerSettings;
-use patd::verifier::{Inactive, Lane, Verifier};
+use patd::serve::ServerSettings;
+use patd::verify::cache::CacheSettings;
+use patd::verify::{Inactive, Lane, Verifier};
 
 use crate::backend_tests;
 use crate::helpers::{Backend, TestApp, authed, revoke_as_operator};

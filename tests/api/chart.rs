@@ -490,8 +490,8 @@ fn the_rendered_configuration_is_one_patd_accepts() {
     assert_eq!(config.token_format().prefix(), "acme_");
     assert_eq!(config.metrics_listen, None, "metrics are off by default");
 
-    let credential = patd::grpc::auth::generate_service_credential();
-    let hash = patd::grpc::auth::service_credential_hash(&credential)
+    let credential = patd::api::auth::generate_service_credential();
+    let hash = patd::api::auth::service_credential_hash(&credential)
         .to_hex()
         .to_string();
     let dir = tempfile::tempdir().unwrap();
@@ -516,7 +516,7 @@ fn the_rendered_configuration_is_one_patd_accepts() {
         tls.client_ca_file.as_deref(),
         Some(Path::new("/etc/patd/tls/ca.crt"))
     );
-    assert_eq!(tls.client_auth, patd::tls::ClientAuth::Required);
+    assert_eq!(tls.client_auth, patd::serve::tls::ClientAuth::Required);
     assert_eq!(
         u64::from(
             config
@@ -627,7 +627,7 @@ fn deployment_probes_are_native_grpc_on_the_numeric_port() {
         assert!(schema_errors(&with(&values, bad, Some(json!("grpc")))).is_some());
     }
     // The liveness probe's health name is one the server keeps SERVING.
-    assert_eq!(patd::server::LIVENESS_SERVICE, "liveness");
+    assert_eq!(patd::serve::LIVENESS_SERVICE, "liveness");
 }
 
 #[test]

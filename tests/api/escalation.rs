@@ -2,7 +2,7 @@
 //! rotate-self) gives out more scopes, wider networks or a longer life than the
 //! caller's own token has; and no owner sees or touches another's tokens.
 
-use patd::clock;
+use patd::domain::clock;
 use patd::proto::{
     CreateTokenRequest, CreateTokenResponse, DeleteTokenRequest, GetTokenRequest,
     IntrospectRequest, RotateSelfRequest, RotateTokenRequest, Token,
@@ -304,8 +304,8 @@ async fn assert_within(
         );
     }
     if !caller.cidrs.is_empty() {
-        let outer = patd::cidr::CidrList::parse(&caller.cidrs).unwrap();
-        let inner = patd::cidr::CidrList::parse(&token.allowed_cidrs).unwrap();
+        let outer = patd::domain::cidr::CidrList::parse(&caller.cidrs).unwrap();
+        let inner = patd::domain::cidr::CidrList::parse(&token.allowed_cidrs).unwrap();
         assert!(
             !inner.is_empty() && outer.covers(&inner),
             "{caller:?} handed out allowed_cidrs {:?}",

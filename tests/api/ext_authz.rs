@@ -275,8 +275,8 @@ async fn denials_say_401_or_403_with_a_bearer_challenge(app: TestApp) {
     }
 }
 
-fn removing_authorization() -> patd::server::ServerSettings {
-    patd::server::ServerSettings {
+fn removing_authorization() -> patd::serve::ServerSettings {
+    patd::serve::ServerSettings {
         ext_authz_remove_authorization: true,
         ..TestApp::settings()
     }

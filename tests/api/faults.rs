@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use patd::model::Actor;
+use patd::domain::model::Actor;
 use patd::proto::{GetTokenRequest, IntrospectRequest, ListScopesRequest};
 use patd::store::{DatabaseUrl, Store};
 use tonic::Code;
@@ -60,17 +60,17 @@ async fn postgres_unreachable_at_start_then_serving_when_it_appears() {
     assert_eq!(introspect_outcome(&app, &secret).await, Ok(true));
 }
 
-async fn mint_with(store: &Store, app: &TestApp) -> (String, patd::model::TokenRecord) {
-    let scopes = patd::model::parse_scopes(&["tag:read".to_owned()]).unwrap();
-    let spec = patd::model::TokenSpec {
+async fn mint_with(store: &Store, app: &TestApp) -> (String, patd::domain::model::TokenRecord) {
+    let scopes = patd::domain::model::parse_scopes(&["tag:read".to_owned()]).unwrap();
+    let spec = patd::domain::model::TokenSpec {
         name: "faults",
         scopes,
         expires_at: None,
         allowed_cidrs: Default::default(),
     };
-    let owner = patd::model::Owner::new("alice", "acme").unwrap();
+    let owner = patd::domain::model::Owner::new("alice", "acme").unwrap();
     let (new, secret) = spec
-        .issue(&app.format, owner, patd::clock::now_micros())
+        .issue(&app.format, owner, patd::domain::clock::now_micros())
         .unwrap();
     store.insert(&new, &Actor::operator()).await.unwrap();
     (secret.expose().to_owned(), new.record)
@@ -99,7 +99,7 @@ async fn postgres_lost_while_running_fails_closed_and_recovers() {
     assert_cached_answers_stop(&app, &secret, lost).await;
     wait_for_health(&app, ServingStatus::NotServing, Duration::from_secs(5)).await;
     assert_eq!(
-        health_of(&app.channel().await, patd::server::LIVENESS_SERVICE).await,
+        health_of(&app.channel().await, patd::serve::LIVENESS_SERVICE).await,
         ServingStatus::Serving,
         "a storage outage must not fail the liveness probe"
     );
@@ -111,7 +111,7 @@ async fn postgres_lost_while_running_fails_closed_and_recovers() {
         "`patd health` fails on NOT_SERVING"
     );
     assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "NOT_SERVING");
-    let alive = helpers::patd_health(&addr, patd::server::LIVENESS_SERVICE).await;
+    let alive = helpers::patd_health(&addr, patd::serve::LIVENESS_SERVICE).await;
     assert!(alive.status.success(), "liveness stays SERVING");
     let started = Instant::now();
     let get = app

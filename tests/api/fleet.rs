@@ -108,7 +108,7 @@ async fn fleet() -> Option<(TestApp, Replica, Replica, sqlx::PgPool)> {
         "test URLs carry the schema as a query parameter"
     );
     // Names unique to this test: other tests' replicas share pg_stat_activity.
-    let run = patd::token::generate_id()[..8].to_lowercase();
+    let run = patd::domain::token::generate_id()[..8].to_lowercase();
     let a = Replica::start(&url, &format!("a-{run}")).await;
     let b = Replica::start(&url, &format!("b-{run}")).await;
     let admin = sqlx::PgPool::connect(&url).await.unwrap();
@@ -254,7 +254,7 @@ async fn postgres_no_migrate_leaves_the_schema_to_a_separate_job() {
     );
     // A caller learns that storage is not ready, not that something is broken.
     let request = IntrospectRequest {
-        token: patd::token::TokenFormat::default()
+        token: patd::domain::token::TokenFormat::default()
             .generate()
             .expose()
             .to_owned(),

@@ -6,16 +6,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use patd::clock;
-use patd::model::{Actor, Owner, TokenRecord, TokenSpec, parse_scopes};
+use patd::domain::clock;
+use patd::domain::model::{Actor, Owner, TokenRecord, TokenSpec, parse_scopes};
+use patd::domain::token::TokenFormat;
 use patd::proto::introspection_service_client::IntrospectionServiceClient;
 use patd::proto::token_service_client::TokenServiceClient;
 use patd::proto::{IntrospectRequest, IntrospectResponse};
-use patd::server::{self, ServerSettings};
+use patd::serve::telemetry::{self, LogFormat};
+use patd::serve::tls::TlsReloader;
+use patd::serve::{self, ServerSettings};
 use patd::store::{Connect, DatabaseUrl, EventKind, Store, StoreOptions};
-use patd::telemetry::{self, LogFormat};
-use patd::tls::TlsReloader;
-use patd::token::TokenFormat;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -86,7 +86,7 @@ pub struct TestApp {
     pub format: TokenFormat,
     pub database_url: DatabaseUrl,
     shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<Result<(), server::ServeError>>>,
+    server: Option<JoinHandle<Result<(), serve::ServeError>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -127,7 +127,7 @@ async fn fresh_postgres_schema(base_url: &str) -> String {
     }
     let schema = format!(
         "patd_test_{now}_{}",
-        patd::token::generate_id().to_lowercase()
+        patd::domain::token::generate_id().to_lowercase()
     );
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&admin)
@@ -302,7 +302,7 @@ impl TestApp {
             None => None,
         };
         let health_addr = health.as_ref().map(|l| l.local_addr().unwrap());
-        let listeners = server::Listeners {
+        let listeners = serve::Listeners {
             grpc: listener,
             tls,
             metrics: Some(metrics),
@@ -310,7 +310,7 @@ impl TestApp {
         };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let format = settings.token_format.clone();
-        let server = tokio::spawn(server::run(settings, store.clone(), listeners, async {
+        let server = tokio::spawn(serve::run(settings, store.clone(), listeners, async {
             let _ = shutdown_rx.await;
         }));
         TestApp {
@@ -397,7 +397,7 @@ impl TestApp {
             name: "minted",
             scopes: parse_scopes(&scopes).unwrap(),
             expires_at,
-            allowed_cidrs: patd::cidr::CidrList::parse(allowed_cidrs).unwrap(),
+            allowed_cidrs: patd::domain::cidr::CidrList::parse(allowed_cidrs).unwrap(),
         };
         let owner = Owner::new(owner.0, owner.1).unwrap();
         let (new, secret) = spec
@@ -477,7 +477,7 @@ impl TestApp {
     }
 
     /// Stops the server the way SIGTERM does and waits for it to finish.
-    pub async fn stop(mut self) -> Result<(), server::ServeError> {
+    pub async fn stop(mut self) -> Result<(), serve::ServeError> {
         let _ = self.shutdown.take().unwrap().send(());
         let result = self
             .server

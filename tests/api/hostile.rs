@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use patd::proto::{CreateTokenRequest, IntrospectRequest, ListTokensRequest};
-use patd::server::{Limits, ServerSettings};
+use patd::serve::{Limits, ServerSettings};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request};
 use tonic_health::pb::health_check_response::ServingStatus;

@@ -138,7 +138,7 @@ async fn leak_sources_never_stop_a_revocation(app: TestApp) {
     assert_eq!(details.len(), 5, "{details:?}");
     for detail in details {
         assert!(
-            !detail.chars().any(patd::text::is_forbidden),
+            !detail.chars().any(patd::domain::text::is_forbidden),
             "stored raw: {detail:?}"
         );
         assert!(detail.chars().count() <= 250, "bounded: {}", detail.len());
@@ -228,7 +228,7 @@ async fn the_cli_never_prints_stored_text_raw(app: TestApp) {
             );
             for line in stdout.lines() {
                 assert!(
-                    !line.chars().any(patd::text::is_forbidden),
+                    !line.chars().any(patd::domain::text::is_forbidden),
                     "{args:?} printed raw: {line:?}"
                 );
                 assert!(!line.starts_with("forged line"), "{args:?} forged a line");
@@ -252,12 +252,12 @@ async fn the_cli_never_prints_stored_text_raw(app: TestApp) {
 async fn values_storage_refuses_are_the_requests_fault(app: TestApp) {
     let event = patd::store::Event {
         seq: 0,
-        at: patd::clock::now_micros(),
+        at: patd::domain::clock::now_micros(),
         kind: patd::store::EventKind::Denied,
         token_id: None,
         subject: None,
         account: Some("acme".to_owned()),
-        actor: patd::model::Actor::operator(),
+        actor: patd::domain::model::Actor::operator(),
         detail: "nul\0inside".to_owned(),
     };
     match (app.backend, app.store.record_event(&event).await) {

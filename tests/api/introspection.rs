@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use patd::clock;
-use patd::model::Actor;
+use patd::domain::clock;
+use patd::domain::model::Actor;
 use patd::proto::{IntrospectRequest, IntrospectResponse};
 use tonic::Code;
 

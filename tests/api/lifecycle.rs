@@ -5,13 +5,13 @@
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use patd::clock;
+use patd::domain::clock;
 use patd::proto::{
     CreateTokenRequest, GetSelfRequest, GetTokenRequest, IntrospectRequest,
     ListExpiringTokensRequest, ListTokensRequest, RotateSelfRequest, RotateTokenRequest,
     TokenOrder,
 };
-use patd::server::ServerSettings;
+use patd::serve::ServerSettings;
 use tonic::Code;
 
 use crate::backend_tests;

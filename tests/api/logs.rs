@@ -8,7 +8,7 @@ use tonic::Request;
 use crate::backend_tests;
 use std::time::Duration;
 
-use patd::server::ServerSettings;
+use patd::serve::ServerSettings;
 use patd::store::DatabaseUrl;
 
 use crate::helpers::{Backend, TestApp, authed, logs};

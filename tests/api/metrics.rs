@@ -65,7 +65,7 @@ pub fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
 async fn metrics_count_calls_outcomes_cache_and_tokens(app: TestApp) {
     let (active, _) = app.mint(("alice", "acme"), &["license:read"], None).await;
     let (revoked, _) = app.mint_revoked(("alice", "acme"), &["license:read"]).await;
-    let expires_at = patd::clock::now_micros() + 300_000;
+    let expires_at = patd::domain::clock::now_micros() + 300_000;
     let (expired, _) = app
         .mint(("alice", "acme"), &["license:read"], Some(expires_at))
         .await;

@@ -1,10 +1,10 @@
 //! Server-side token policies: lifetimes and active tokens per subject, with
 //! per-account overrides.
 
-use patd::clock;
-use patd::policy::{Policy, PolicyConfig};
+use patd::domain::clock;
+use patd::domain::policy::{Policy, PolicyConfig};
 use patd::proto::{CreateTokenRequest, RevokeTokenRequest, RotateTokenRequest};
-use patd::server::ServerSettings;
+use patd::serve::ServerSettings;
 use tonic::Code;
 
 use crate::backend_tests;

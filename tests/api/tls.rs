@@ -5,15 +5,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use patd::grpc::auth::{
+use patd::api::auth::{
     Callers, IntrospectionCallers, TrustedCallerConfig, generate_service_credential,
     service_credential_hash,
 };
 use patd::proto::introspection_service_client::IntrospectionServiceClient;
 use patd::proto::token_service_client::TokenServiceClient;
 use patd::proto::{IntrospectRequest, ListScopesRequest, ListTokensRequest};
-use patd::server::ServerSettings;
-use patd::tls::{ClientAuth, TlsReloader, TlsSettings};
+use patd::serve::ServerSettings;
+use patd::serve::tls::{ClientAuth, TlsReloader, TlsSettings};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request};

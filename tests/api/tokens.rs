@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use patd::clock;
+use patd::domain::clock;
 use patd::proto::{
     self, CreateTokenRequest, DeleteTokenRequest, GetTokenRequest, ListScopesRequest,
     ListTokensRequest, ListTokensResponse, RevokeTokenRequest, TokenState,
@@ -272,7 +272,7 @@ async fn each_rpc_status(app: &TestApp, authorization: Option<&str>) -> Vec<toni
         }
         request
     }
-    let id = patd::token::generate_id();
+    let id = patd::domain::token::generate_id();
     vec![
         client
             .create_token(with(authorization, create("ci", &["tag:read"])))
@@ -404,7 +404,7 @@ async fn callers_see_only_their_own_tokens(app: TestApp) {
         assert_eq!(listed.tokens.len(), 1, "only the intruder's own token");
     }
     // An unknown id reads exactly like someone else's: nothing is revealed.
-    let unknown = patd::token::generate_id();
+    let unknown = patd::domain::token::generate_id();
     let status = client
         .get_token(authed(
             &bob,

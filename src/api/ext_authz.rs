@@ -1,0 +1,288 @@
+//! `envoy.service.auth.v3.Authorization/Check`: Envoy's (and Istio's) external
+//! authorization, on the same port. The bearer token comes from the HTTP request's
+//! `authorization` header; the scopes a route needs from the `required_scopes`
+//! context extension (comma-separated). Allowed requests reach the upstream with
+//! the caller's identity in `x-patd-*` headers.
+
+use envoy_types::ext_authz::v3::CheckRequestExt;
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
+    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
+};
+use envoy_types::pb::google::rpc;
+use std::net::IpAddr;
+
+use tonic::{Code, Request, Response, Status};
+
+use crate::api::auth::Callers;
+use crate::domain::scope::ScopeSet;
+use crate::metrics::{Check, IntrospectOutcome};
+use crate::verify::{Lane, Verifier};
+
+/// The context extension listing the scopes a route requires.
+pub const REQUIRED_SCOPES_KEY: &str = "required_scopes";
+pub const SUBJECT_HEADER: &str = "x-patd-subject";
+pub const ACCOUNT_HEADER: &str = "x-patd-account";
+pub const TOKEN_ID_HEADER: &str = "x-patd-token-id";
+pub const SCOPES_HEADER: &str = "x-patd-scopes";
+const REALM: &str = "Bearer realm=\"patd\"";
+
+pub struct ExtAuthzApi {
+    verifier: Verifier,
+    callers: Callers,
+    /// Drop `authorization` before the request goes upstream, so that the
+    /// secret reaches only patd.
+    remove_authorization: bool,
+}
+
+impl ExtAuthzApi {
+    pub fn new(verifier: Verifier, callers: Callers, remove_authorization: bool) -> ExtAuthzApi {
+        ExtAuthzApi {
+            verifier,
+            callers,
+            remove_authorization,
+        }
+    }
+}
+
+/// The request's `authorization` header values, from `headers` or, when Envoy
+/// sends raw headers (`encode_raw_headers`), from `header_map`.
+fn authorization_headers(check: &CheckRequest) -> Vec<String> {
+    let Some(http) = check
+        .attributes
+        .as_ref()
+        .and_then(|attributes| attributes.request.as_ref())
+        .and_then(|request| request.http.as_ref())
+    else {
+        return Vec::new();
+    };
+    if let Some(value) = http.headers.get("authorization") {
+        return vec![value.clone()];
+    }
+    http.header_map
+        .iter()
+        .flat_map(|map| &map.headers)
+        .filter(|header| header.key.eq_ignore_ascii_case("authorization"))
+        .map(|header| {
+            if header.raw_value.is_empty() {
+                header.value.clone()
+            } else {
+                String::from_utf8_lossy(&header.raw_value).into_owned()
+            }
+        })
+        .collect()
+}
+
+/// The downstream client's address, as Envoy reports it (its `source` peer);
+/// an IPv4-mapped address is the IPv4 address it is.
+fn client_address(check: &CheckRequest) -> Option<IpAddr> {
+    check
+        .get_client_address()?
+        .parse()
+        .ok()
+        .map(|ip: IpAddr| ip.to_canonical())
+}
+
+fn header(key: &str, value: String) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value,
+            ..HeaderValue::default()
+        }),
+        // Never let a client-sent x-patd-* header through alongside ours.
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+        ..HeaderValueOption::default()
+    }
+}
+
+/// A denial: the gRPC `code` for Envoy, the HTTP status and `www-authenticate`
+/// for the client, and a short body saying what was wrong.
+fn deny(code: Code, http: HttpStatusCode, challenge: Option<String>, body: &str) -> CheckResponse {
+    let mut headers = vec![header(
+        "content-type",
+        "text/plain; charset=utf-8".to_owned(),
+    )];
+    if let Some(challenge) = challenge {
+        headers.push(header("www-authenticate", challenge));
+    }
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: code.into(),
+            message: body.to_owned(),
+            details: Vec::new(),
+        }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus { code: http.into() }),
+            headers,
+            body: format!("{body}\n"),
+        })),
+        ..CheckResponse::default()
+    }
+}
+
+fn unauthenticated(error: Option<&str>, body: &str) -> CheckResponse {
+    // RFC 6750 §3: no error code when no credentials were sent.
+    let challenge = match error {
+        Some(error) => format!("{REALM}, error=\"{error}\""),
+        None => REALM.to_owned(),
+    };
+    deny(
+        Code::Unauthenticated,
+        HttpStatusCode::Unauthorized,
+        Some(challenge),
+        body,
+    )
+}
+
+impl ExtAuthzApi {
+    async fn decide(&self, check: &CheckRequest) -> (CheckResponse, Check) {
+        let extensions = check
+            .attributes
+            .as_ref()
+            .map(|attributes| &attributes.context_extensions);
+        let required_names: Vec<String> = extensions
+            .and_then(|extensions| extensions.get(REQUIRED_SCOPES_KEY))
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|name| !name.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        // A misspelt scope in the route's configuration must not deny (or allow)
+        // in silence: fail closed, loudly.
+        let required = match ScopeSet::parse(&required_names) {
+            Ok(required) => required,
+            Err(unknown) => {
+                tracing::error!(%unknown, "ext_authz: route requires an unknown scope");
+                let body =
+                    format!("authorization is misconfigured: {REQUIRED_SCOPES_KEY}: {unknown}");
+                return (
+                    deny(
+                        Code::Internal,
+                        HttpStatusCode::InternalServerError,
+                        None,
+                        &body,
+                    ),
+                    Check::Misconfigured,
+                );
+            }
+        };
+        let values = authorization_headers(check);
+        let value = match values.as_slice() {
+            [] => {
+                return (
+                    unauthenticated(None, "missing bearer token"),
+                    Check::NoToken,
+                );
+            }
+            [value] if !value.contains(',') => value,
+            _ => {
+                return (
+                    unauthenticated(
+                        Some("invalid_request"),
+                        "more than one authorization header",
+                    ),
+                    Check::NoToken,
+                );
+            }
+        };
+        let (scheme, presented) = value.split_once(' ').unwrap_or((value, ""));
+        let presented = presented.trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || presented.is_empty() {
+            return (
+                unauthenticated(
+                    Some("invalid_request"),
+                    "authorization must be `Bearer <token>`",
+                ),
+                Check::NoToken,
+            );
+        }
+        let token = match self
+            .verifier
+            .verify(presented, Lane::Introspect, client_address(check))
+            .await
+        {
+            Ok(Ok(token)) => token,
+            Ok(Err(inactive)) => {
+                tracing::debug!(reason = ?inactive, "ext_authz: token inactive");
+                let outcome = IntrospectOutcome::from(inactive);
+                // Like Introspect, never say why (RFC 7662 §2.2).
+                return (
+                    unauthenticated(Some("invalid_token"), "bearer token is not active"),
+                    Check::Inactive(outcome),
+                );
+            }
+            Err(err) => {
+                // Fail closed, and say it is temporary.
+                let status = Status::from(err);
+                return (
+                    deny(
+                        Code::Unavailable,
+                        HttpStatusCode::ServiceUnavailable,
+                        None,
+                        status.message(),
+                    ),
+                    Check::StorageError,
+                );
+            }
+        };
+        let missing = required.minus(token.scopes);
+        if !missing.is_empty() {
+            let names = missing.to_names();
+            let challenge = format!(
+                "{REALM}, error=\"insufficient_scope\", scope=\"{}\"",
+                required.to_names().join(" ")
+            );
+            let body = format!("token lacks the required scopes: {}", names.join(", "));
+            return (
+                deny(
+                    Code::PermissionDenied,
+                    HttpStatusCode::Forbidden,
+                    Some(challenge),
+                    &body,
+                ),
+                Check::MissingScopes,
+            );
+        }
+        let ok = OkHttpResponse {
+            headers: vec![
+                header(SUBJECT_HEADER, token.subject().to_owned()),
+                header(ACCOUNT_HEADER, token.account().to_owned()),
+                header(TOKEN_ID_HEADER, token.id().to_owned()),
+                header(SCOPES_HEADER, token.scopes.to_names().join(" ")),
+            ],
+            headers_to_remove: if self.remove_authorization {
+                vec!["authorization".to_owned()]
+            } else {
+                Vec::new()
+            },
+            ..OkHttpResponse::default()
+        };
+        let allowed = CheckResponse {
+            status: Some(rpc::Status::default()),
+            http_response: Some(HttpResponse::OkResponse(ok)),
+            ..CheckResponse::default()
+        };
+        (allowed, Check::Allowed)
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthzApi {
+    #[tracing::instrument(skip_all)]
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        // The caller here is Envoy itself (its `initial_metadata` or client
+        // certificate), not the HTTP client whose request is being checked.
+        self.callers.admit_introspection(&request)?;
+        let check = request.into_inner();
+        let (response, outcome) = self.decide(&check).await;
+        self.verifier.metrics().record_check(outcome);
+        Ok(Response::new(response))
+    }
+}

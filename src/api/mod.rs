@@ -1,0 +1,39 @@
+//! gRPC services and the conversions between our types and the wire's.
+
+pub mod auth;
+pub mod ext_authz;
+pub mod introspection;
+pub mod peer;
+pub mod refusals;
+pub mod requests;
+pub mod status;
+pub mod tokens;
+
+use crate::domain::clock;
+use crate::domain::model::{TokenRecord, TokenState};
+use crate::proto;
+
+/// A stored token as the API shows it, with its state at `now`.
+pub fn token_message(record: TokenRecord, now: i64) -> proto::Token {
+    let state = match record.state_at(now) {
+        TokenState::Active => proto::TokenState::Active,
+        TokenState::Expired => proto::TokenState::Expired,
+        TokenState::Revoked => proto::TokenState::Revoked,
+    };
+    proto::Token {
+        id: record.id,
+        name: record.name,
+        subject: record.owner.subject,
+        account: record.owner.account,
+        scopes: record.scopes.to_names(),
+        created_at: Some(clock::to_timestamp(record.created_at)),
+        expires_at: record.expires_at.map(clock::to_timestamp),
+        revoked_at: record.revoked_at.map(clock::to_timestamp),
+        state: state.into(),
+        hint: record.hint,
+        last_used_at: record.last_used_at.map(clock::to_timestamp),
+        last_used_ip: record.last_used_ip.unwrap_or_default(),
+        rotated_at: record.rotated_at.map(clock::to_timestamp),
+        allowed_cidrs: record.allowed_cidrs.to_strings(),
+    }
+}

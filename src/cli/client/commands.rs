@@ -1,0 +1,409 @@
+//! What each client command does: one call (or one page after another) and
+//! its output.
+
+use std::io::{BufRead, IsTerminal};
+
+use serde_json::json;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::cli::output::shown;
+use patd::domain::clock;
+use patd::proto;
+use patd::proto::introspection_service_client::IntrospectionServiceClient;
+use patd::proto::token_service_client::TokenServiceClient;
+
+use super::print::*;
+use super::*;
+
+/// A server that hands back the page token it was given would make paging spin.
+fn ensure_progress(previous: &str, next: &str) -> Result<(), ClientError> {
+    if previous == next {
+        return Err(ClientError::new(
+            exit::FAILED,
+            "the server returned the same page token twice; stopping",
+        ));
+    }
+    Ok(())
+}
+
+/// The token to introspect: one line of stdin.
+fn read_presented_token() -> Result<String, ClientError> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        note!("token: ");
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line).map_err(|err| {
+        ClientError::new(
+            exit::FAILED,
+            format!("cannot read the token from stdin: {err}"),
+        )
+    })?;
+    let token = line.trim().to_owned();
+    if token.is_empty() {
+        return Err(ClientError::new(
+            exit::INVALID,
+            "no token on stdin: pipe it in, e.g. `printenv TOKEN | patd introspect`",
+        ));
+    }
+    Ok(token)
+}
+
+pub async fn run(command: ClientCommand) -> ClientResult {
+    match command {
+        ClientCommand::Create { auth, token } => {
+            let expires_at = token
+                .expiry_micros()
+                .map_err(|err| ClientError::new(exit::INVALID, err))?
+                .map(clock::to_timestamp);
+            let request = proto::CreateTokenRequest {
+                name: token.name,
+                scopes: token.scopes,
+                expires_at,
+                allowed_cidrs: token.allowed_cidrs,
+            };
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let created = client
+                .create_token(authed(&auth, request)?)
+                .await?
+                .into_inner();
+            print_created(&created, auth.json);
+            Ok(())
+        }
+        ClientCommand::List {
+            auth,
+            page_size,
+            state,
+            name_contains,
+            order,
+        } => {
+            let state = match state {
+                None => proto::TokenState::Unspecified,
+                Some(StateFilter::Active) => proto::TokenState::Active,
+                Some(StateFilter::Expired) => proto::TokenState::Expired,
+                Some(StateFilter::Revoked) => proto::TokenState::Revoked,
+            };
+            let order = match order {
+                ListOrder::CreatedDesc => proto::TokenOrder::CreatedDesc,
+                ListOrder::CreatedAsc => proto::TokenOrder::CreatedAsc,
+                ListOrder::ExpiresAsc => proto::TokenOrder::ExpiresAsc,
+                ListOrder::LastUsedDesc => proto::TokenOrder::LastUsedDesc,
+                ListOrder::NameAsc => proto::TokenOrder::NameAsc,
+            };
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let mut page_token = String::new();
+            if !auth.json {
+                out!(
+                    "{:<22}  {:<8}  {:<24}  {:<20}  {:<20}  SCOPES",
+                    "ID",
+                    "STATE",
+                    "NAME",
+                    "EXPIRES",
+                    "LAST USED"
+                );
+            }
+            loop {
+                let request = proto::ListTokensRequest {
+                    page_size,
+                    page_token: page_token.clone(),
+                    state: state.into(),
+                    name_contains: name_contains.clone().unwrap_or_default(),
+                    order_by: order.into(),
+                    ..Default::default()
+                };
+                let page = client
+                    .list_tokens(authed(&auth, request)?)
+                    .await?
+                    .into_inner();
+                for token in &page.tokens {
+                    if auth.json {
+                        // One object per line: streams, and `jq` reads it as is.
+                        out!("{}", token_json(token));
+                    } else {
+                        out!(
+                            "{:<22}  {:<8}  {:<24}  {:<20}  {:<20}  {}",
+                            shown(&token.id),
+                            state_name(token),
+                            shown(&token.name),
+                            time(token.expires_at.as_ref()).unwrap_or_else(|| "never".to_owned()),
+                            time(token.last_used_at.as_ref()).unwrap_or_else(|| "never".to_owned()),
+                            shown(&token.scopes.join(" ")),
+                        );
+                    }
+                }
+                if page.next_page_token.is_empty() {
+                    return Ok(());
+                }
+                ensure_progress(&page_token, &page.next_page_token)?;
+                page_token = page.next_page_token;
+            }
+        }
+        ClientCommand::Get { auth, id } => {
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let request = authed(&auth, proto::GetTokenRequest { id })?;
+            print_token(&client.get_token(request).await?.into_inner(), auth.json);
+            Ok(())
+        }
+        ClientCommand::Rotate {
+            auth,
+            id,
+            grace,
+            expires_in,
+        } => {
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let grace_period = grace
+                .map(prost_types::Duration::try_from)
+                .transpose()
+                .map_err(|_| ClientError::new(exit::INVALID, "--grace is too long"))?;
+            let expires_at = expires_in.map(|lifetime| {
+                let micros = i64::try_from(lifetime.as_micros()).unwrap_or(i64::MAX);
+                clock::to_timestamp(clock::now_micros().saturating_add(micros))
+            });
+            let rotated = match id {
+                Some(id) => {
+                    let request = proto::RotateTokenRequest {
+                        id,
+                        expires_at,
+                        grace_period,
+                    };
+                    client.rotate_token(authed(&auth, request)?).await?
+                }
+                None => {
+                    let request = proto::RotateSelfRequest {
+                        expires_at,
+                        grace_period,
+                    };
+                    client.rotate_self(authed(&auth, request)?).await?
+                }
+            }
+            .into_inner();
+            print_created(&rotated, auth.json);
+            Ok(())
+        }
+        ClientCommand::Whoami { auth } => {
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let request = authed(&auth, proto::GetSelfRequest {})?;
+            print_token(&client.get_self(request).await?.into_inner(), auth.json);
+            Ok(())
+        }
+        ClientCommand::Events { auth, limit } => {
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let mut page_token = String::new();
+            let mut listed = 0;
+            if !auth.json {
+                out!(
+                    "{:<27}  {:<14}  {:<22}  {:<30}  {:<21}  DETAIL",
+                    "TIME",
+                    "KIND",
+                    "TOKEN",
+                    "ACTOR",
+                    "PEER"
+                );
+            }
+            while listed < limit {
+                let request = proto::ListTokenEventsRequest {
+                    page_size: i32::try_from((limit - listed).min(1000)).unwrap_or(1000),
+                    page_token: page_token.clone(),
+                };
+                let page = client
+                    .list_token_events(authed(&auth, request)?)
+                    .await?
+                    .into_inner();
+                for event in &page.events {
+                    let at = time(event.time.as_ref()).unwrap_or_default();
+                    if auth.json {
+                        out!(
+                            "{}",
+                            json!({
+                                "time": at,
+                                "kind": event.kind,
+                                "token_id": event.token_id,
+                                "subject": event.subject,
+                                "account": event.account,
+                                "actor": event.actor,
+                                "peer": event.peer,
+                                "detail": event.detail,
+                            })
+                        );
+                    } else {
+                        out!(
+                            "{at:<27}  {:<14}  {:<22}  {:<30}  {:<21}  {}",
+                            shown(&event.kind),
+                            shown(&event.token_id),
+                            shown(&event.actor),
+                            shown(&event.peer),
+                            shown(&event.detail)
+                        );
+                    }
+                }
+                listed += page.events.len();
+                if page.next_page_token.is_empty() || page.events.is_empty() {
+                    break;
+                }
+                ensure_progress(&page_token, &page.next_page_token)?;
+                page_token = page.next_page_token;
+            }
+            Ok(())
+        }
+        ClientCommand::ReportLeak { conn, source } => {
+            // Every line or an error: a report must not silently leave tokens out.
+            let lines: Vec<String> = std::io::stdin()
+                .lock()
+                .lines()
+                .collect::<Result<_, _>>()
+                .map_err(|err| {
+                    ClientError::new(
+                        exit::FAILED,
+                        format!("cannot read tokens from stdin: {err}"),
+                    )
+                })?;
+            let tokens: Vec<String> = lines
+                .iter()
+                .map(|line| line.trim().to_owned())
+                .filter(|line| !line.is_empty())
+                .collect();
+            let mut client = TokenServiceClient::new(connect(&conn).await?);
+            let mut received = 0;
+            // The server takes at most 1,000 per report.
+            for chunk in tokens.chunks(1000) {
+                let request = proto::ReportLeakedTokensRequest {
+                    tokens: chunk.to_vec(),
+                    source: source.clone(),
+                };
+                received += client
+                    .report_leaked_tokens(request)
+                    .await?
+                    .into_inner()
+                    .received;
+            }
+            out!("reported {received} tokens; every valid one is now revoked");
+            Ok(())
+        }
+        ClientCommand::Revoke { auth, id } => {
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let request = authed(&auth, proto::RevokeTokenRequest { id })?;
+            print_token(&client.revoke_token(request).await?.into_inner(), auth.json);
+            Ok(())
+        }
+        ClientCommand::Delete { auth, id } => {
+            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let request = authed(&auth, proto::DeleteTokenRequest { id: id.clone() })?;
+            client.delete_token(request).await?;
+            if auth.json {
+                out!("{}", json!({ "deleted": id }));
+            } else {
+                out!("deleted {id}");
+            }
+            Ok(())
+        }
+        ClientCommand::Introspect {
+            conn,
+            require,
+            client_ip,
+            json,
+        } => {
+            let token = read_presented_token()?;
+            let mut client = IntrospectionServiceClient::new(connect(&conn).await?);
+            let request = proto::IntrospectRequest {
+                token,
+                required_scopes: require,
+                client_ip: client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            };
+            let answer = client.introspect(request).await?.into_inner();
+            if json {
+                out!(
+                    "{}",
+                    if answer.active {
+                        json!({
+                            "active": true,
+                            "token_id": answer.token_id,
+                            "name": answer.name,
+                            "subject": answer.subject,
+                            "account": answer.account,
+                            "scopes": answer.scopes,
+                            "issued_at": time(answer.issued_at.as_ref()),
+                            "expires_at": time(answer.expires_at.as_ref()),
+                            "missing_scopes": answer.missing_scopes,
+                        })
+                    } else {
+                        json!({ "active": false })
+                    }
+                );
+            } else if answer.active {
+                out!(
+                    "active:       true\ntoken id:     {}\nname:         {}\nowner:        {} @ {}\nscopes:       {}\nexpires:      {}",
+                    shown(&answer.token_id),
+                    shown(&answer.name),
+                    shown(&answer.subject),
+                    shown(&answer.account),
+                    shown(&answer.scopes.join(" ")),
+                    time(answer.expires_at.as_ref()).unwrap_or_else(|| "never".to_owned()),
+                );
+                if !answer.missing_scopes.is_empty() {
+                    out!("missing:      {}", shown(&answer.missing_scopes.join(" ")));
+                }
+            } else {
+                out!("active:       false");
+            }
+            if !answer.active {
+                return Err(ClientError::new(exit::INACTIVE, "the token is not active"));
+            }
+            if !answer.missing_scopes.is_empty() {
+                return Err(ClientError::new(
+                    exit::INACTIVE,
+                    format!("the token lacks {}", answer.missing_scopes.join(", ")),
+                ));
+            }
+            Ok(())
+        }
+        ClientCommand::Scopes { conn, json } => {
+            let mut client = TokenServiceClient::new(connect(&conn).await?);
+            let scopes = client
+                .list_scopes(proto::ListScopesRequest {})
+                .await?
+                .into_inner()
+                .scopes;
+            for scope in scopes {
+                if json {
+                    out!(
+                        "{}",
+                        json!({ "name": scope.name, "description": scope.description })
+                    );
+                } else {
+                    out!("{:<32}  {}", shown(&scope.name), shown(&scope.description));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Asks `grpc.health.v1.Health/Check` and prints the status; succeeds only on
+/// SERVING, so scripts, `helm test` and container health checks can rely on it.
+pub async fn health(args: HealthArgs) -> ClientResult {
+    let channel = connect(&args.conn).await?;
+    let request = HealthCheckRequest {
+        service: args.service.clone(),
+    };
+    let status = HealthClient::new(channel)
+        .check(request)
+        .await
+        .map_err(|status| {
+            let mut err = ClientError::from(status);
+            err.message = format!("health check of {:?} failed: {}", args.service, err.message);
+            err
+        })?
+        .into_inner()
+        .status();
+    out!("{}", status.as_str_name());
+    if status == ServingStatus::Serving {
+        Ok(())
+    } else {
+        Err(ClientError::new(
+            exit::NOT_SERVING,
+            format!("{:?} is {}", args.service, status.as_str_name()),
+        ))
+    }
+}
