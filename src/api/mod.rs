@@ -1,9 +1,16 @@
-//! gRPC services and the conversions between our types and the wire's.
+//! The gRPC services (`TokenService`, `IntrospectionService`, Envoy's
+//! `Authorization`): thin handlers that authenticate (`auth`), check the request
+//! (`requests`, pure), call the verifier or the store, and turn every error into
+//! a status in one place (`status`). Also what they share: the peer a call came
+//! from, refusal budgets, rate limits, and the conversions to the wire's types.
+//!
+//! May use: `domain`, `metrics`, `store`, `verify`.
 
 pub mod auth;
 pub mod ext_authz;
 pub mod introspection;
 pub mod peer;
+pub mod rate;
 pub mod refusals;
 pub mod requests;
 pub mod status;

@@ -18,8 +18,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::api::rate::{KeyedRateLimit, RateLimit};
 use crate::domain::model::Owner;
-use crate::serve::overload::{KeyedRateLimit, RateLimit};
 
 /// Refusals recorded per minute for one credential.
 pub const PER_CREDENTIAL_PER_MINUTE: u32 = 10;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tonic::{Code, Request, Response, Status};
 
 use crate::api::auth::{Caller, Callers, authenticate, bearer, peer_of};
+use crate::api::rate::KeyedRateLimit;
 use crate::api::refusals::{RefusalBudget, Refused, network_of};
 use crate::api::{requests, status, token_message};
 use crate::domain::authority::{Authority, Grant};
@@ -15,7 +16,6 @@ use crate::domain::policy::Policy;
 use crate::domain::scope::{CATALOG, MANAGE_TOKENS, READ_EVENTS};
 use crate::proto;
 use crate::proto::token_service_server::TokenService;
-use crate::serve::overload::KeyedRateLimit;
 use crate::store::{Cursor, Event, EventKind};
 use crate::verify::Verifier;
 

@@ -1,6 +1,9 @@
-//! Command line: `serve`, `migrate`, the operator's `admin` commands, which work
-//! directly on the configured database (that is how the first token is minted), and
-//! the API client commands (`create`, `list`, …; see `client`).
+//! The command line (the binary's, not the library's): `serve`, `migrate`, the
+//! operator's `admin` commands, which work directly on the configured database
+//! (that is how the first token is minted), the API client commands (`create`,
+//! `list`, …; see `client`), and `bench`.
+//!
+//! May use: the whole library.
 
 #[macro_use]
 pub mod output;
@@ -490,4 +493,68 @@ fn describe(token: &TokenRecord, now: i64) -> String {
         token.scopes.to_stored(),
         token.expires_at.map_or("never".to_owned(), clock::rfc3339),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every command of the tree, with its path (`patd admin create`).
+    fn commands(command: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        for sub in command.get_subcommands() {
+            let path = format!("{path} {}", sub.get_name());
+            out.push((path.clone(), sub.clone()));
+            commands(sub, path, out);
+        }
+    }
+
+    #[test]
+    fn every_option_has_a_one_line_help_text() {
+        let mut all = Vec::new();
+        commands(&Cli::command(), "patd".to_owned(), &mut all);
+        assert!(all.len() > 20, "{}", all.len());
+        let mut missing = Vec::new();
+        for (path, command) in &all {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                if help.trim().is_empty() || help.contains('\n') {
+                    missing.push(format!("{path}: --{id}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "options without a one-line help: {missing:#?}"
+        );
+    }
+
+    #[test]
+    fn a_commands_own_options_come_before_the_global_ones() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut all = Vec::new();
+        commands(&cli, "patd".to_owned(), &mut all);
+        for (path, mut command) in all {
+            // clap's own `help` subcommands take no options.
+            if command.has_subcommands() || path.split(' ').any(|word| word == "help") {
+                continue;
+            }
+            let help = command.render_help().to_string();
+            let own = help
+                .find("Options:")
+                .unwrap_or_else(|| panic!("{path}:\n{help}"));
+            let global = help
+                .find("Global options:")
+                .unwrap_or_else(|| panic!("{path} shows no global options:\n{help}"));
+            assert!(own < global, "{path}:\n{help}");
+            let own_part = &help[own..global];
+            assert!(!own_part.contains("--database-url <"), "{path}:\n{help}");
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! How the command line writes: every line through [`out!`] (stdout) or
-//! [`note!`] (stderr), so that
+//! How the command line writes: every line through `out!` (stdout) or
+//! `note!` (stderr), so that
 //!
 //! - text from the server or the database never reaches a terminal raw: control,
 //!   format and bidi characters are escaped in the whole line ([`text::escape`]

@@ -1,5 +1,9 @@
-//! Builds and runs the gRPC server: our services, health, reflection and the call
-//! log, on a listener the caller bound, until the shutdown future resolves.
+//! The process around the services: builds and runs the gRPC server (our
+//! services, health, reflection and the call log) on a listener the caller
+//! bound, until the shutdown future resolves; with the overload guard, TLS,
+//! telemetry (logs) and the metrics endpoint.
+//!
+//! May use: every layer below (`domain`, `metrics`, `store`, `verify`, `api`).
 
 pub mod metrics;
 pub mod overload;

@@ -1,9 +1,16 @@
-//! Token storage on SQLite (embedded default) or Postgres (shared by a fleet).
+//! Token storage on SQLite (embedded default) or Postgres (shared by a fleet):
+//! this file holds the handle, its errors, connecting and migrating; each
+//! concern has its own file (`tokens`, `rotation`, `events`, `changes`,
+//! `pages`, plus `url`, `error`, `stats`).
 //!
 //! Both backends run the same SQL: `$N` placeholders, `CAST`, `RETURNING` and
 //! integer microsecond timestamps mean the same thing in both, so each query is
-//! written once and type-checked against each driver by [`on_pool!`]. Only
-//! connecting and migrating differ (see `sqlite.rs` and `postgres.rs`).
+//! written once and type-checked against each driver by `on_pool!`. Where the
+//! engines differ (connecting and migrating in `sqlite.rs` and `postgres.rs`;
+//! the change log's horizon and `LISTEN` in `changes.rs`; the per-owner lock in
+//! `tokens.rs`), a named function or a `match` on the backend says so.
+//!
+//! May use: `domain`, `metrics`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -242,7 +249,7 @@ impl Store {
 
     pub async fn migrate(&self) -> StoreResult<()> {
         match &self.backend {
-            Backend::Sqlite(pool) => sqlite::MIGRATOR.run(pool).await,
+            Backend::Sqlite(pool) => sqlite::migrate(pool).await,
             Backend::Postgres(pool) => postgres::migrate(pool).await,
         }
         .map_err(StoreError::Migrate)

@@ -1,7 +1,10 @@
-//! The one place a presented secret is checked: format and checksum first (junk
-//! never reaches storage), then the cache, then storage, then the token's state.
-//! Also the cache's two background duties: following changes made elsewhere and
-//! writing `last_used_at` behind.
+//! The hot path: the one place a presented secret is checked — format and
+//! checksum first (junk never reaches storage), then the cache, then storage,
+//! then the token's state — and the writes that must reach the cache at once
+//! (rotate, revoke, delete). The cache's coherence with changes made elsewhere
+//! is in `coherence.rs`, the write-behind of last use in `write_behind.rs`.
+//!
+//! May use: `domain`, `metrics`, `store`.
 
 pub mod cache;
 mod coherence;

@@ -618,3 +618,49 @@ fn start_up_refuses_configurations_that_would_misbehave() {
         "no database was created"
     );
 }
+
+/// SQLite has no advisory lock: processes that start together on a fresh file
+/// (replicas, or a server and `patd admin create`) must still each end up
+/// migrated, none of them failing because another applied a migration first.
+#[test]
+fn processes_starting_together_on_a_fresh_sqlite_file_all_migrate() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("patd.db").display());
+        let children: Vec<Child> = (0..4)
+            .map(|i| {
+                let mut command = patd();
+                command.args(["--database-url", &url]);
+                if i % 2 == 0 {
+                    command.arg("migrate");
+                } else {
+                    command.args([
+                        "admin",
+                        "create",
+                        "--subject",
+                        "alice",
+                        "--account",
+                        "acme",
+                        "--name",
+                        "ci",
+                        "--scopes",
+                        "tag:read",
+                    ]);
+                }
+                command
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "round {round}: {}",
+                stderr(&output)
+            );
+        }
+    }
+}

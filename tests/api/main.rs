@@ -4,6 +4,7 @@
 mod helpers;
 
 mod addresses;
+mod architecture;
 mod audit;
 mod cache;
 mod chart;

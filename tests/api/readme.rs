@@ -121,6 +121,19 @@ async fn the_readme_runs_top_to_bottom(backend: Backend) {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let server = crate::helpers::KillOnDrop(server.spawn().unwrap());
+        let started = Instant::now();
+        // The quick start's server must answer before the second terminal starts.
+        let up = loop {
+            let health = Command::new(env!("CARGO_BIN_EXE_patd"))
+                .args(["health", "--addr", &main, "--timeout", "1s"])
+                .output()
+                .unwrap();
+            if health.status.success() || started.elapsed() > Duration::from_secs(20) {
+                break health.status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(up, "patd serve never became SERVING");
         let mut session = Command::new("bash");
         environment(&mut session);
         session
@@ -135,19 +148,6 @@ async fn the_readme_runs_top_to_bottom(backend: Backend) {
             .stderr(std::fs::File::create(dir_path.join("session.err")).unwrap());
         let mut child = session.spawn().unwrap();
         let group = child.id();
-        let started = Instant::now();
-        // The quick start's server must answer before the second terminal starts.
-        let up = loop {
-            let health = Command::new(env!("CARGO_BIN_EXE_patd"))
-                .args(["health", "--addr", &main, "--timeout", "1s"])
-                .output()
-                .unwrap();
-            if health.status.success() || started.elapsed() > Duration::from_secs(20) {
-                break health.status.success();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        assert!(up, "patd serve never became SERVING");
         let deadline = started + Duration::from_secs(180);
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {

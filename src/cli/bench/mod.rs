@@ -6,6 +6,9 @@
 //!
 //! The client is raw `h2` with pre-encoded gRPC frames: a tonic client costs more
 //! CPU per call than the server does, and here they share two cores.
+//!
+//! May use: the library (`store` to seed, `domain` for tokens, `proto` to
+//! encode) and `output`.
 mod load;
 
 use load::*;

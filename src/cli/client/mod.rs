@@ -2,6 +2,9 @@
 //! token from `PATD_TOKEN` (the operator's `admin` commands, by contrast, open the
 //! database directly). Human tables by default, `--json` for scripts, and exit
 //! codes scripts can rely on (see [`ClientError`]).
+//!
+//! May use: the library's `proto`, `domain` and `api` (the names of its
+//! headers), and the binary's `output`.
 
 mod commands;
 mod print;
@@ -215,6 +218,7 @@ pub enum ClientCommand {
     Get {
         #[command(flatten)]
         auth: AuthArgs,
+        /// The token's id (22 letters and digits)
         id: String,
     },
     /// Give one of your tokens a new secret (printed once, on stdout); without an
@@ -222,6 +226,7 @@ pub enum ClientCommand {
     Rotate {
         #[command(flatten)]
         auth: AuthArgs,
+        /// The token's id; without one, the token in PATD_TOKEN rotates itself
         id: Option<String>,
         /// How long the old secret keeps working, e.g. 10m (at most 24h) [default: 0]
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -256,12 +261,14 @@ pub enum ClientCommand {
     Revoke {
         #[command(flatten)]
         auth: AuthArgs,
+        /// The token's id (22 letters and digits)
         id: String,
     },
     /// Delete one of your tokens
     Delete {
         #[command(flatten)]
         auth: AuthArgs,
+        /// The token's id (22 letters and digits)
         id: String,
     },
     /// Ask whether a token is active: exit 0 if it is, 6 if not. The token is read
