@@ -126,13 +126,9 @@ impl Store {
         Ok(Some(ChangeListener { listener }))
     }
 
+    /// Forgets changes recorded before `before`.
     pub async fn prune_changes(&self, before: i64) -> StoreResult<u64> {
-        const SQL: &str = "DELETE FROM token_changes WHERE changed_at < $1";
-        let pruned = timed!(self, pool => sqlx::query(SQL)
-            .bind(before)
-            .execute(pool)
+        self.delete_before("DELETE FROM token_changes WHERE changed_at < $1", before)
             .await
-            .map(|done| done.rows_affected()))?;
-        Ok(pruned)
     }
 }

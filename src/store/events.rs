@@ -168,17 +168,11 @@ impl Store {
         })
     }
 
-    /// Forgets changes recorded before `before`.
     /// Deletes refusals of anonymous callers (no valid credential) recorded
     /// before `before`: the only audit events that outsiders can cause at will.
     pub async fn prune_anonymous_denials(&self, before: i64) -> StoreResult<u64> {
         const SQL: &str =
             "DELETE FROM token_events WHERE kind = 'denied' AND actor = 'anonymous' AND at < $1";
-        let pruned = timed!(self, pool => sqlx::query(SQL)
-            .bind(before)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))?;
-        Ok(pruned)
+        self.delete_before(SQL, before).await
     }
 }

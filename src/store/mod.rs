@@ -317,4 +317,14 @@ impl Store {
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
     }
+
+    /// Runs a `DELETE … WHERE <time> < $1` for `before`; how many rows went.
+    async fn delete_before(&self, sql: &'static str, before: i64) -> StoreResult<u64> {
+        let deleted = timed!(self, pool => sqlx::query(sql)
+            .bind(before)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))?;
+        Ok(deleted)
+    }
 }
