@@ -4,7 +4,7 @@
 use tonic::{Request, Response, Status};
 
 use crate::api::auth::Callers;
-use crate::api::requests;
+use crate::api::{requests, watch};
 use crate::domain::clock;
 use crate::metrics::IntrospectOutcome;
 use crate::proto;
@@ -26,6 +26,20 @@ impl IntrospectionApi {
 
 #[tonic::async_trait]
 impl IntrospectionService for IntrospectionApi {
+    type WatchChangesStream = watch::ChangeStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn watch_changes(
+        &self,
+        request: Request<proto::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        self.callers.admit_introspection(&request)?;
+        let after = requests::watch(request.get_ref())?;
+        let stream = watch::subscribe(&self.verifier, after).await?;
+        tracing::debug!(?after, "change stream opened");
+        Ok(Response::new(stream))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn introspect(
         &self,

@@ -15,6 +15,7 @@ pub mod refusals;
 pub mod requests;
 pub mod status;
 pub mod tokens;
+pub mod watch;
 
 use crate::domain::clock;
 use crate::domain::model::{TokenRecord, TokenState};

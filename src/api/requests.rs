@@ -164,6 +164,33 @@ pub fn list_events(
     ))
 }
 
+/// Where a WatchChanges subscription starts: after a cursor, or (`None`) now.
+pub fn watch(request: &proto::WatchChangesRequest) -> Result<Option<i64>, Status> {
+    match request.after.as_str() {
+        "" => Ok(None),
+        cursor => decode_change_cursor(cursor).map(Some).ok_or_else(|| {
+            Status::invalid_argument(
+                "after is not a cursor: pass a TokenChange's cursor unchanged, or nothing to start from now",
+            )
+        }),
+    }
+}
+
+const CHANGE_CURSOR_TAG: &str = "c1.";
+
+/// A change-stream cursor: `c1.` and the hex seq of the last change delivered.
+pub fn encode_change_cursor(seq: i64) -> String {
+    format!("{CHANGE_CURSOR_TAG}{seq:x}")
+}
+
+pub fn decode_change_cursor(text: &str) -> Option<i64> {
+    let hex = text.strip_prefix(CHANGE_CURSOR_TAG)?;
+    if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    i64::from_str_radix(hex, 16).ok().filter(|seq| *seq >= 0)
+}
+
 /// An Introspect request: the scopes to report missing, and the client's address.
 pub fn introspect(
     request: &proto::IntrospectRequest,
@@ -360,6 +387,33 @@ pub fn page_size(requested: i32) -> Result<u32, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn change_cursors_round_trip_and_refuse_garbage() {
+        for seq in [0, 1, 255, i64::MAX] {
+            assert_eq!(decode_change_cursor(&encode_change_cursor(seq)), Some(seq));
+        }
+        for bad in [
+            "",
+            "c1.",
+            "c1.-1",
+            "c1.zz",
+            "p1.10",
+            "c1.10000000000000000",
+            "c1.ffffffffffffffff",
+        ] {
+            assert_eq!(decode_change_cursor(bad), None, "{bad:?}");
+        }
+        let request = |after: &str| proto::WatchChangesRequest {
+            after: after.to_owned(),
+        };
+        assert_eq!(watch(&request("")).unwrap(), None);
+        assert_eq!(watch(&request("c1.a")).unwrap(), Some(10));
+        assert_eq!(
+            watch(&request("junk")).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
 
     #[test]
     fn page_size_defaults_and_clamps() {

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
@@ -90,6 +90,23 @@ fn grpc_type(path: &str) -> &'static str {
         "unary"
     }
 }
+
+/// Why the server ended a WatchChanges subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchDisconnect {
+    /// It did not read what was sent to it in time.
+    Slow,
+    /// It fell more than the feed's buffer behind.
+    Lagged,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+const WATCH_DISCONNECTS: [(WatchDisconnect, &str); 3] = [
+    (WatchDisconnect::Slow, "slow"),
+    (WatchDisconnect::Lagged, "lagged"),
+    (WatchDisconnect::Shutdown, "shutdown"),
+];
 
 /// Where calls to paths patd does not serve are counted.
 const OTHER_PATH: &str = "/other/other";
@@ -235,6 +252,11 @@ pub struct Metrics {
     checks: [AtomicU64; CHECKS.len()],
     /// Refused management calls the audit trail's budgets left unrecorded.
     unrecorded_refusals: AtomicU64,
+    /// WatchChanges subscriptions open now.
+    watch_subscribers: AtomicI64,
+    /// Changes (not heartbeats) sent to subscribers.
+    watch_changes_sent: AtomicU64,
+    watch_disconnects: [AtomicU64; WATCH_DISCONNECTS.len()],
 }
 
 impl Metrics {
@@ -278,6 +300,23 @@ impl Metrics {
             .position(|(c, _)| *c == check)
             .unwrap_or(CHECKS.len() - 2);
         self.checks[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A WatchChanges subscription opened (`1`) or closed (`-1`).
+    pub fn record_watch_subscribers(&self, delta: i64) {
+        self.watch_subscribers.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub fn record_watch_change_sent(&self) {
+        self.watch_changes_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_watch_disconnect(&self, why: WatchDisconnect) {
+        let index = WATCH_DISCONNECTS
+            .iter()
+            .position(|(w, _)| *w == why)
+            .unwrap_or(0);
+        self.watch_disconnects[index].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_unrecorded_refusal(&self) {
@@ -365,6 +404,26 @@ impl Metrics {
              patd_audit_refusals_unrecorded_total {}",
             self.unrecorded_refusals.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP patd_watch_subscribers WatchChanges subscriptions open now.\n\
+             # TYPE patd_watch_subscribers gauge\n\
+             patd_watch_subscribers {}\n\
+             # HELP patd_watch_changes_sent_total Changes sent to WatchChanges subscribers (heartbeats not counted).\n\
+             # TYPE patd_watch_changes_sent_total counter\n\
+             patd_watch_changes_sent_total {}\n\
+             # HELP patd_watch_disconnects_total WatchChanges subscriptions the server ended, by reason.\n\
+             # TYPE patd_watch_disconnects_total counter",
+            self.watch_subscribers.load(Ordering::Relaxed),
+            self.watch_changes_sent.load(Ordering::Relaxed),
+        );
+        for ((_, name), count) in WATCH_DISCONNECTS.iter().zip(&self.watch_disconnects) {
+            let count = count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "patd_watch_disconnects_total{{reason=\"{name}\"}} {count}"
+            );
+        }
         out.push_str(
             "# HELP patd_token_cache_lookups_total Token cache lookups by result.\n\
              # TYPE patd_token_cache_lookups_total counter\n",

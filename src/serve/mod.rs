@@ -330,11 +330,15 @@ pub async fn run(
     let signal_reporter = reporter.clone();
     let draining = Arc::new(AtomicBool::new(false));
     let signal_draining = draining.clone();
+    let signal_feed = verifier.feed().clone();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown requested: reporting NOT_SERVING and draining");
         signal_draining.store(true, Ordering::Release);
         set_health(&signal_reporter, ServingStatus::NotServing).await;
+        // Change streams end now (their subscribers resume on another replica),
+        // rather than holding the drain open until shutdown_grace.
+        signal_feed.close();
         // New connections are refused from now on, not accepted and left hanging.
         stop_accepting.abort();
         let _ = draining_tx.send(());

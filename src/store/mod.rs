@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use sqlx::{PgPool, SqlitePool};
 
-pub use changes::{Change, ChangeListener, ChangeMark, Heard};
+pub use changes::{Backlog, Change, ChangeKind, ChangeListener, ChangeMark, Heard};
 pub use error::{StoreError, StoreResult};
 pub use events::{Event, EventKind, EventPage};
 pub use pages::{After, Cursor, HashedPage, Page, SearchPage, SortKey, TokenFilter, TokenOrder};

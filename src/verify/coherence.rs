@@ -72,6 +72,7 @@ impl Verifier {
         // plus this slack after the last good one (a hung poll cannot extend it).
         let trust_window = interval + CHANGE_POLL_SLACK;
         inner.cache.trust_for(trust_window);
+        inner.feed.set_trust_window(trust_window);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -83,13 +84,16 @@ impl Verifier {
             match inner.store.changes_since(mark).await {
                 Ok((changes, next)) => {
                     let mut returned = HashSet::with_capacity(changes.len());
+                    let mut new = Vec::new();
                     for change in changes {
+                        returned.insert(change.seq);
                         if !seen.contains(&change.seq) {
                             inner.cache.invalidate(&change.secret_hash);
+                            new.push(change);
                         }
-                        returned.insert(change.seq);
                     }
                     seen = returned;
+                    inner.feed.publish(new, next, polled);
                     mark = next;
                     inner
                         .cache
@@ -147,7 +151,11 @@ impl Verifier {
             inner.catch_up.notify_one();
             loop {
                 match listener.next().await {
-                    Ok(Heard::Changed(hash)) => inner.cache.invalidate(&hash),
+                    Ok(Heard::Changed(hash)) => {
+                        inner.cache.invalidate(&hash);
+                        // Subscribers hear of it from the log, read now.
+                        inner.catch_up.notify_one();
+                    }
                     Ok(Heard::Reconnected) => {
                         tracing::warn!(
                             "token change notifications were interrupted; cache dropped"

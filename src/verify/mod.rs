@@ -8,6 +8,7 @@
 
 pub mod cache;
 mod coherence;
+pub mod feed;
 mod write_behind;
 
 use std::collections::{HashMap, HashSet};
@@ -81,8 +82,11 @@ struct Inner {
     /// Serialises flushes, so that shutdown's final flush runs after (not during)
     /// a periodic one.
     flushing: tokio::sync::Mutex<()>,
-    /// Asks the change follower to poll now (notifications were missed).
+    /// Asks the change follower to poll now (notifications were missed, or a
+    /// change was just made here or heard of).
     catch_up: tokio::sync::Notify,
+    /// What the follower reads, for WatchChanges subscribers.
+    feed: feed::ChangeFeed,
     metrics: Arc<Metrics>,
 }
 
@@ -100,6 +104,7 @@ impl Verifier {
                 used: Mutex::default(),
                 flushing: tokio::sync::Mutex::new(()),
                 catch_up: tokio::sync::Notify::new(),
+                feed: feed::ChangeFeed::default(),
                 metrics: Arc::default(),
             }),
         }
@@ -111,6 +116,11 @@ impl Verifier {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The change feed, for WatchChanges.
+    pub fn feed(&self) -> &feed::ChangeFeed {
+        &self.inner.feed
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -286,6 +296,9 @@ impl Verifier {
                     revoked += 1;
                 }
             }
+            if revoked > 0 {
+                inner.catch_up.notify_one();
+            }
             Ok(revoked)
         })
         .await
@@ -322,6 +335,7 @@ impl Verifier {
             Ok(match inner.store.rotate(&rotation).await? {
                 Rotated::Done { record, old_hash } => {
                     inner.cache.invalidate(&old_hash);
+                    inner.catch_up.notify_one();
                     Ok((*record, secret))
                 }
                 other => Err(other),
@@ -351,6 +365,7 @@ impl Verifier {
                 .await?;
             Ok(revoked.map(|(record, hash)| {
                 this.inner.cache.invalidate(&hash);
+                this.inner.catch_up.notify_one();
                 record
             }))
         })
@@ -365,7 +380,10 @@ impl Verifier {
             let now = clock::now_micros();
             let deleted = this.inner.store.delete(&owner, &id, &actor, now).await?;
             Ok(deleted
-                .map(|hash| this.inner.cache.invalidate(&hash))
+                .map(|hash| {
+                    this.inner.cache.invalidate(&hash);
+                    this.inner.catch_up.notify_one();
+                })
                 .is_some())
         })
         .await

@@ -25,3 +25,4 @@ mod server;
 mod storm;
 mod tls;
 mod tokens;
+mod watch;

@@ -353,7 +353,7 @@ pub fn portal_trusted_settings() -> ServerSettings {
     trusted_by_credential(portal_credential(), IntrospectionCallers::Any)
 }
 
-fn introspection_for_trusted_only() -> ServerSettings {
+pub fn introspection_for_trusted_only() -> ServerSettings {
     trusted_by_credential(portal_credential(), IntrospectionCallers::Trusted)
 }
 
