@@ -9,6 +9,7 @@ mod audit;
 mod cache;
 mod chart;
 mod cli;
+mod client;
 mod escalation;
 mod ext_authz;
 mod faults;

@@ -86,13 +86,15 @@ async fn storm_worker(
                 };
                 match introspection.introspect(request).await {
                     Ok(answer) => assert!(answer.into_inner().active, "a fresh token is active"),
-                    Err(_) => {
+                    Err(status) => {
+                        eprintln!("storm worker {worker}, round {round}: introspect: {status:?}");
                         failures += 1;
                         break;
                     }
                 }
             }
-            Err(_) => {
+            Err(status) => {
+                eprintln!("storm worker {worker}, round {round}: create: {status:?}");
                 failures += 1;
                 break;
             }
@@ -104,13 +106,17 @@ async fn storm_worker(
         if !revoke && round % 5 != 0 {
             continue;
         }
-        let acknowledged = if revoke {
+        let answer = if revoke {
             let request = authed(&manager, RevokeTokenRequest { id: target.clone() });
-            client.revoke_token(request).await.is_ok()
+            client.revoke_token(request).await.map(drop)
         } else {
             let request = authed(&manager, DeleteTokenRequest { id: target.clone() });
-            client.delete_token(request).await.is_ok()
+            client.delete_token(request).await.map(drop)
         };
+        if let Err(status) = &answer {
+            eprintln!("storm worker {worker}, round {round}: revoke or delete: {status:?}");
+        }
+        let acknowledged = answer.is_ok();
         let outcome = if acknowledged {
             Outcome::Acknowledged
         } else {

@@ -1,0 +1,212 @@
+//! Tower middleware: `authorization: Bearer …` verified by an [`Authenticator`]
+//! before the inner service sees the request, which then carries the
+//! [`Principal`] in its extensions.
+//!
+//! One layer serves gRPC and HTTP: a gRPC request (`content-type:
+//! application/grpc…`) is refused with `UNAUTHENTICATED` or
+//! `PERMISSION_DENIED`, an HTTP request with 401 or 403 and a `WWW-Authenticate`
+//! challenge (RFC 6750); patd unreachable is `UNAVAILABLE` / 503 (fail closed).
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use tonic::Status;
+
+use crate::authenticator::{Authenticator, VerifyError};
+
+/// Where a request's client address comes from (allowlisted tokens need it).
+pub type ClientIp = fn(&http::request::Parts) -> Option<IpAddr>;
+
+/// The client address in a request's extensions: tonic's `TcpConnectInfo`, or a
+/// `SocketAddr` (axum: see [`AuthLayer::client_ip`] for `ConnectInfo`).
+fn connection_address(parts: &http::request::Parts) -> Option<IpAddr> {
+    if let Some(info) = parts
+        .extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+    {
+        return info.remote_addr().map(|addr| addr.ip());
+    }
+    if let Some(addr) = parts.extensions.get::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    None
+}
+
+/// Requires a valid bearer token with `required_scopes` (per route or service).
+#[derive(Clone)]
+pub struct AuthLayer {
+    authenticator: Authenticator,
+    required: Arc<[String]>,
+    client_ip: ClientIp,
+}
+
+impl AuthLayer {
+    pub fn new<I, S>(authenticator: Authenticator, required_scopes: I) -> AuthLayer
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        AuthLayer {
+            authenticator,
+            required: required_scopes.into_iter().map(Into::into).collect(),
+            client_ip: connection_address,
+        }
+    }
+
+    /// Takes the client's address from elsewhere, e.g. a header a trusted proxy
+    /// sets (by default: the connection's peer address).
+    pub fn client_ip(mut self, client_ip: ClientIp) -> AuthLayer {
+        self.client_ip = client_ip;
+        self
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for AuthService<S>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<ResBody>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The clone that was polled ready serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            let grpc = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|value| value.starts_with("application/grpc"));
+            let bearer = match bearer_of(&parts.headers) {
+                Ok(bearer) => bearer,
+                Err(reason) => return Ok(refuse(grpc, &Refusal::Unauthenticated(reason))),
+            };
+            let client_ip = (layer.client_ip)(&parts);
+            let required: Vec<&str> = layer.required.iter().map(String::as_str).collect();
+            match layer
+                .authenticator
+                .verify(&bearer, &required, client_ip)
+                .await
+            {
+                Ok(principal) => {
+                    parts.extensions.insert(principal);
+                    inner.call(Request::from_parts(parts, body)).await
+                }
+                Err(VerifyError::Inactive) => Ok(refuse(
+                    grpc,
+                    &Refusal::Unauthenticated("the bearer token is not active"),
+                )),
+                Err(VerifyError::MissingScopes { missing, .. }) => {
+                    Ok(refuse(grpc, &Refusal::Forbidden(&layer.required, missing)))
+                }
+                Err(VerifyError::Unavailable(_)) => Ok(refuse(grpc, &Refusal::Unavailable)),
+            }
+        })
+    }
+}
+
+/// The token of the one `authorization: Bearer …` header.
+fn bearer_of(headers: &http::HeaderMap) -> Result<String, &'static str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or("missing bearer token")?;
+    if values.next().is_some() {
+        return Err("more than one authorization header");
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| "authorization is not printable ASCII")?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err("authorization must be `Bearer <token>`");
+    }
+    Ok(token.trim().to_owned())
+}
+
+enum Refusal<'a> {
+    Unauthenticated(&'static str),
+    Forbidden(&'a [String], Vec<String>),
+    Unavailable,
+}
+
+fn refuse<B: Default>(grpc: bool, refusal: &Refusal<'_>) -> Response<B> {
+    if grpc {
+        let status = match refusal {
+            Refusal::Unauthenticated(reason) => Status::unauthenticated(*reason),
+            Refusal::Forbidden(_, missing) => {
+                Status::permission_denied(format!("the bearer token lacks {}", missing.join(", ")))
+            }
+            Refusal::Unavailable => {
+                Status::unavailable("tokens cannot be checked now; retry later")
+            }
+        };
+        return status.into_http();
+    }
+    let (code, challenge) = match refusal {
+        // RFC 6750 §3: no error code when no token was sent at all.
+        Refusal::Unauthenticated("missing bearer token") => (
+            StatusCode::UNAUTHORIZED,
+            r#"Bearer realm="patd""#.to_owned(),
+        ),
+        Refusal::Unauthenticated(_) => (
+            StatusCode::UNAUTHORIZED,
+            r#"Bearer realm="patd", error="invalid_token""#.to_owned(),
+        ),
+        Refusal::Forbidden(required, _) => (
+            StatusCode::FORBIDDEN,
+            format!(
+                r#"Bearer realm="patd", error="insufficient_scope", scope="{}""#,
+                required.join(" ")
+            ),
+        ),
+        Refusal::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, String::new()),
+    };
+    let mut response = Response::new(B::default());
+    *response.status_mut() = code;
+    if !challenge.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&challenge)
+    {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    if code == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
