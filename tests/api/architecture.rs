@@ -248,3 +248,56 @@ fn every_folder_says_what_it_holds_and_may_use() {
         }
     }
 }
+
+/// Every `.rs` file of the client crate, with its text.
+fn client_crate_sources() -> Vec<(PathBuf, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/patd-client/src");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            (path, text)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The server library does not use patd-client (only the binary's command line
+/// does), and patd-client uses nothing of the server: no `patd::` path, no sqlx,
+/// no envoy-types; its files keep the same bound as the server's.
+#[test]
+fn the_client_crate_and_the_server_stay_apart() {
+    for file in sources() {
+        let in_binary = file.starts_with("cli") || file == Path::new("main.rs");
+        let text = std::fs::read_to_string(src().join(&file)).unwrap();
+        assert!(
+            in_binary || !text.contains("patd_client"),
+            "src/{} (the library) uses patd_client",
+            file.display()
+        );
+    }
+    let files = client_crate_sources();
+    assert!(files.len() >= 5, "the client crate was read: {files:?}");
+    for (path, text) in &files {
+        assert!(
+            !text.contains("patd::"),
+            "{} uses the server",
+            path.display()
+        );
+        let lines = non_test(text).lines().count();
+        assert!(lines <= MAX_LINES, "{} has {lines} lines", path.display());
+    }
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/patd-client/Cargo.toml"),
+    )
+    .unwrap();
+    for server_only in ["sqlx", "envoy-types", "path = \"../.."] {
+        assert!(
+            !manifest.contains(server_only),
+            "patd-client depends on {server_only}"
+        );
+    }
+}

@@ -184,6 +184,24 @@ impl TestApp {
         Some(Self::spawn_on(backend, store, database_url, settings, dir, None).await)
     }
 
+    /// Like [`TestApp::spawn_with`], with the production storage timeouts (5 s)
+    /// instead of the short ones that make faults show quickly: for tests about
+    /// what survives load, where a disk shared with other tests may be slow.
+    pub async fn spawn_patient(backend: Backend, settings: ServerSettings) -> Option<TestApp> {
+        capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let database_url = Self::fresh_database(backend, &dir).await?;
+        let options = StoreOptions {
+            acquire_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(5),
+            ..Self::store_options(&database_url)
+        };
+        let store = Store::connect(&options, true)
+            .await
+            .expect("store connects and migrates");
+        Some(Self::spawn_on(backend, store, database_url, settings, dir, None).await)
+    }
+
     /// A Postgres server whose storage connections pass through `proxy`, with a
     /// store opened lazily (as `patd serve` opens Postgres) that migrates once
     /// reachable. `database_url` is the direct URL, for setting up and checking.

@@ -70,6 +70,32 @@ impl ClientBuilder {
     /// The client. It connects on first use (and again after losing the
     /// connection), so a service may start before patd does.
     pub fn build(self) -> Result<Client, Status> {
+        let (endpoint, client) = self.parts()?;
+        Ok(client(endpoint.connect_lazy()))
+    }
+
+    /// The client, connected now: for a command line that should say at once
+    /// that patd cannot be reached (`UNAVAILABLE`, naming the address) rather
+    /// than on its first call. It reconnects by itself later, as [`build`]'s does.
+    ///
+    /// [`build`]: ClientBuilder::build
+    pub async fn connect(self) -> Result<Client, Status> {
+        let address = self.address.clone();
+        let (endpoint, client) = self.parts()?;
+        let channel = endpoint.connect().await.map_err(|err| {
+            let mut message = format!("cannot connect to {address}: {err}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            Status::unavailable(message)
+        })?;
+        Ok(client(channel))
+    }
+
+    /// The endpoint, and how to make the client once there is a channel.
+    fn parts(self) -> Result<(Endpoint, impl FnOnce(Channel) -> Client), Status> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let url = if self.address.contains("://") {
             self.address.clone()
@@ -102,13 +128,15 @@ impl ClientBuilder {
                     .map_err(|_| Status::invalid_argument("the credential is not printable ASCII"))
             })
             .transpose()?;
-        Ok(Client {
-            channel: endpoint.connect_lazy(),
+        let (timeout, retries) = (self.timeout, self.retries);
+        let client = move |channel| Client {
+            channel,
             authorization: authorization.map(Arc::new),
             act_as: None,
-            timeout: self.timeout,
-            retries: self.retries,
-        })
+            timeout,
+            retries,
+        };
+        Ok((endpoint, client))
     }
 }
 

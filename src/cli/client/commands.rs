@@ -10,9 +10,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::cli::output::shown;
 use patd::domain::clock;
-use patd::proto;
-use patd::proto::introspection_service_client::IntrospectionServiceClient;
-use patd::proto::token_service_client::TokenServiceClient;
+use patd_client::proto;
 
 use super::print::*;
 use super::*;
@@ -64,11 +62,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                 expires_at,
                 allowed_cidrs: token.allowed_cidrs,
             };
-            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
-            let created = client
-                .create_token(authed(&auth, request)?)
-                .await?
-                .into_inner();
+            let created = authed(&auth).await?.create_token(request).await?;
             print_created(&created, auth.json);
             Ok(())
         }
@@ -92,7 +86,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                 ListOrder::LastUsedDesc => proto::TokenOrder::LastUsedDesc,
                 ListOrder::NameAsc => proto::TokenOrder::NameAsc,
             };
-            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let client = authed(&auth).await?;
             let mut page_token = String::new();
             if !auth.json {
                 out!(
@@ -113,10 +107,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                     order_by: order.into(),
                     ..Default::default()
                 };
-                let page = client
-                    .list_tokens(authed(&auth, request)?)
-                    .await?
-                    .into_inner();
+                let page = client.list_tokens(request).await?;
                 for token in &page.tokens {
                     if auth.json {
                         // One object per line: streams, and `jq` reads it as is.
@@ -141,9 +132,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
             }
         }
         ClientCommand::Get { auth, id } => {
-            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
-            let request = authed(&auth, proto::GetTokenRequest { id })?;
-            print_token(&client.get_token(request).await?.into_inner(), auth.json);
+            print_token(&authed(&auth).await?.get_token(&id).await?, auth.json);
             Ok(())
         }
         ClientCommand::Rotate {
@@ -152,7 +141,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
             grace,
             expires_in,
         } => {
-            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let client = authed(&auth).await?;
             let grace_period = grace
                 .map(prost_types::Duration::try_from)
                 .transpose()
@@ -168,28 +157,25 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                         expires_at,
                         grace_period,
                     };
-                    client.rotate_token(authed(&auth, request)?).await?
+                    client.rotate_token(request).await?
                 }
                 None => {
                     let request = proto::RotateSelfRequest {
                         expires_at,
                         grace_period,
                     };
-                    client.rotate_self(authed(&auth, request)?).await?
+                    client.rotate_self(request).await?
                 }
-            }
-            .into_inner();
+            };
             print_created(&rotated, auth.json);
             Ok(())
         }
         ClientCommand::Whoami { auth } => {
-            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
-            let request = authed(&auth, proto::GetSelfRequest {})?;
-            print_token(&client.get_self(request).await?.into_inner(), auth.json);
+            print_token(&authed(&auth).await?.get_self().await?, auth.json);
             Ok(())
         }
         ClientCommand::Events { auth, limit } => {
-            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
+            let client = authed(&auth).await?;
             let mut page_token = String::new();
             let mut listed = 0;
             if !auth.json {
@@ -207,10 +193,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                     page_size: i32::try_from((limit - listed).min(1000)).unwrap_or(1000),
                     page_token: page_token.clone(),
                 };
-                let page = client
-                    .list_token_events(authed(&auth, request)?)
-                    .await?
-                    .into_inner();
+                let page = client.list_token_events(request).await?;
                 for event in &page.events {
                     let at = time(event.time.as_ref()).unwrap_or_default();
                     if auth.json {
@@ -264,7 +247,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                 .map(|line| line.trim().to_owned())
                 .filter(|line| !line.is_empty())
                 .collect();
-            let mut client = TokenServiceClient::new(connect(&conn).await?);
+            let client = connect(&conn, None).await?;
             let mut received = 0;
             // The server takes at most 1,000 per report.
             for chunk in tokens.chunks(1000) {
@@ -272,25 +255,17 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                     tokens: chunk.to_vec(),
                     source: source.clone(),
                 };
-                received += client
-                    .report_leaked_tokens(request)
-                    .await?
-                    .into_inner()
-                    .received;
+                received += client.report_leaked_tokens(request).await?.received;
             }
             out!("reported {received} tokens; every valid one is now revoked");
             Ok(())
         }
         ClientCommand::Revoke { auth, id } => {
-            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
-            let request = authed(&auth, proto::RevokeTokenRequest { id })?;
-            print_token(&client.revoke_token(request).await?.into_inner(), auth.json);
+            print_token(&authed(&auth).await?.revoke_token(&id).await?, auth.json);
             Ok(())
         }
         ClientCommand::Delete { auth, id } => {
-            let mut client = TokenServiceClient::new(connect(&auth.conn).await?);
-            let request = authed(&auth, proto::DeleteTokenRequest { id: id.clone() })?;
-            client.delete_token(request).await?;
+            authed(&auth).await?.delete_token(&id).await?;
             if auth.json {
                 out!("{}", json!({ "deleted": id }));
             } else {
@@ -305,13 +280,10 @@ pub async fn run(command: ClientCommand) -> ClientResult {
             json,
         } => {
             let token = read_presented_token()?;
-            let mut client = IntrospectionServiceClient::new(connect(&conn).await?);
-            let request = proto::IntrospectRequest {
-                token,
-                required_scopes: require,
-                client_ip: client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            };
-            let answer = client.introspect(request).await?.into_inner();
+            let answer = connect(&conn, None)
+                .await?
+                .introspect(&token, &require, client_ip)
+                .await?;
             if json {
                 out!(
                     "{}",
@@ -359,12 +331,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
             Ok(())
         }
         ClientCommand::Scopes { conn, json } => {
-            let mut client = TokenServiceClient::new(connect(&conn).await?);
-            let scopes = client
-                .list_scopes(proto::ListScopesRequest {})
-                .await?
-                .into_inner()
-                .scopes;
+            let scopes = connect(&conn, None).await?.list_scopes().await?;
             for scope in scopes {
                 if json {
                     out!(
@@ -383,7 +350,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
 /// Asks `grpc.health.v1.Health/Check` and prints the status; succeeds only on
 /// SERVING, so scripts, `helm test` and container health checks can rely on it.
 pub async fn health(args: HealthArgs) -> ClientResult {
-    let channel = connect(&args.conn).await?;
+    let channel = connect(&args.conn, None).await?.channel();
     let request = HealthCheckRequest {
         service: args.service.clone(),
     };

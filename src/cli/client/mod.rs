@@ -3,8 +3,8 @@
 //! database directly). Human tables by default, `--json` for scripts, and exit
 //! codes scripts can rely on (see [`ClientError`]).
 //!
-//! May use: the library's `proto`, `domain` and `api` (the names of its
-//! headers), and the binary's `output`.
+//! May use: `patd_client` (the client, and the `proto` it compiles), the
+//! library's `domain`, and the binary's `output`.
 
 mod commands;
 mod print;
@@ -16,10 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Code, Request, Status};
-
-use patd::api::auth::{ACT_AS_ACCOUNT, ACT_AS_SUBJECT};
+use patd_client::{Client, Tls};
+use tonic::{Code, Status};
 
 /// A failed client command: the message for stderr and the process exit code.
 #[derive(Debug)]
@@ -315,59 +313,40 @@ fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
     })
 }
 
-async fn connect(conn: &ConnArgs) -> Result<Channel, ClientError> {
-    let scheme = if conn.ca_file.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", conn.addr))
-        .map_err(|err| {
-            ClientError::new(exit::FAILED, format!("bad --addr {:?}: {err}", conn.addr))
-        })?
-        .connect_timeout(conn.timeout)
-        .timeout(conn.timeout);
+/// A client for `conn`, connected now, so that an unreachable server is said at
+/// once (exit 75). The one client implementation: patd-client's.
+async fn connect(conn: &ConnArgs, credential: Option<&str>) -> Result<Client, ClientError> {
+    let mut builder = Client::builder(conn.addr.clone())
+        .timeout(conn.timeout)
+        .connect_timeout(conn.timeout);
     if let Some(ca_file) = &conn.ca_file {
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca_file)?));
-        if let (Some(cert), Some(key)) = (&conn.client_cert_file, &conn.client_key_file) {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-        }
-        if let Some(name) = &conn.tls_server_name {
-            tls = tls.domain_name(name.clone());
-        }
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|err| ClientError::new(exit::FAILED, format!("TLS settings: {err}")))?;
+        let identity = match (&conn.client_cert_file, &conn.client_key_file) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            _ => None,
+        };
+        builder = builder.tls(Tls {
+            ca_pem: read(ca_file)?,
+            identity,
+            server_name: conn.tls_server_name.clone(),
+        });
     }
-    endpoint.connect().await.map_err(|err| {
-        ClientError::new(
-            exit::RETRY,
-            format!("cannot connect to {}: {err}", conn.addr),
-        )
-    })
+    if let Some(credential) = credential {
+        builder = builder.credential(credential);
+    }
+    Ok(builder.connect().await?)
 }
 
-fn authed<T>(auth: &AuthArgs, message: T) -> Result<Request<T>, ClientError> {
+/// A client presenting the caller's token (and acting for another owner if asked).
+async fn authed(auth: &AuthArgs) -> Result<Client, ClientError> {
     let token = auth.token.as_deref().ok_or_else(|| {
         ClientError::new(
             exit::DENIED,
             "no credential: set PATD_TOKEN (or --token) to a token with personalAccessToken:write",
         )
     })?;
-    let ascii = |value: &str, what: &str| {
-        value
-            .parse()
-            .map_err(|_| ClientError::new(exit::INVALID, format!("{what} is not printable ASCII")))
-    };
-    let mut request = Request::new(message);
-    let metadata = request.metadata_mut();
-    metadata.insert(
-        "authorization",
-        ascii(&format!("Bearer {}", token.trim()), "PATD_TOKEN")?,
-    );
-    if let (Some(subject), Some(account)) = (&auth.act_as_subject, &auth.act_as_account) {
-        metadata.insert(ACT_AS_SUBJECT, ascii(subject, "--act-as-subject")?);
-        metadata.insert(ACT_AS_ACCOUNT, ascii(account, "--act-as-account")?);
+    let client = connect(&auth.conn, Some(token.trim())).await?;
+    match (&auth.act_as_subject, &auth.act_as_account) {
+        (Some(subject), Some(account)) => Ok(client.acting_for(subject, account)?),
+        _ => Ok(client),
     }
-    Ok(request)
 }

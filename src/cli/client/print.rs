@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use crate::cli::output::shown;
 use patd::domain::clock;
-use patd::proto;
+use patd_client::proto;
 
 pub(super) fn time(timestamp: Option<&prost_types::Timestamp>) -> Option<String> {
     timestamp
