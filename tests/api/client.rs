@@ -12,7 +12,7 @@ use patd_client::{
 use tonic::Code;
 
 use crate::backend_tests;
-use crate::helpers::{TestApp, authed, revoke_as_operator};
+use crate::helpers::{KillOnDrop, TestApp, authed, free_addr, revoke_as_operator};
 
 fn settings() -> AuthenticatorSettings {
     AuthenticatorSettings {
@@ -213,13 +213,23 @@ async fn a_silent_stream_means_no_cache_and_no_patd_means_no_principal(app: Test
 }
 
 fn http_get(addr: SocketAddr, path: &str, authorization: Option<&str>) -> (u16, String, String) {
+    http_call("GET", addr, path, authorization)
+}
+
+/// `method path` on `addr`: the status, the `WWW-Authenticate` challenge, the body.
+fn http_call(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String, String) {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let auth = authorization
         .map(|value| format!("Authorization: {value}\r\n"))
         .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{auth}\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -303,6 +313,46 @@ async fn the_layer_protects_axum_and_tonic_services(app: TestApp) {
         r#"Bearer realm="patd", error="insufficient_scope", scope="license:read""#
     );
 
+    // Allowlisted tokens under axum: the address from ConnectInfo, as the README shows.
+    let router = axum::Router::new()
+        .route("/licenses", axum::routing::get(hello))
+        .route_layer(
+            AuthLayer::new(auth.clone(), ["license:read"]).client_ip(|parts| {
+                parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                    .map(|info| info.0.ip())
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let allowlisting_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    let owner = ("alice", "acme");
+    let (loopback_only, _) = app
+        .mint_limited(owner, &["license:read"], None, &["127.0.0.0/8"])
+        .await;
+    let (office_only, _) = app
+        .mint_limited(owner, &["license:read"], None, &["10.0.0.0/8"])
+        .await;
+    for (secret, want) in [(&loopback_only, 200), (&office_only, 401)] {
+        let authorization = bearer(secret);
+        let (status, _, _) = tokio::task::spawn_blocking(move || {
+            http_get(allowlisting_addr, "/licenses", authorization.as_deref())
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, want, "allowlisted token from 127.0.0.1");
+    }
+    // Without the address (the first router), an allowlisted token is inactive.
+    let (status, _, _) = get(bearer(&loopback_only)).await.unwrap();
+    assert_eq!(status, 401, "no address, no allowlisted token");
+
     let channel = tonic::transport::Channel::from_shared(format!("http://{grpc_addr}"))
         .unwrap()
         .connect()
@@ -343,7 +393,109 @@ async fn the_layer_protects_axum_and_tonic_services(app: TestApp) {
     );
 }
 
+/// A gRPC health check on `addr` presenting `secret`: the code if refused.
+async fn health_check(addr: SocketAddr, secret: Option<&str>) -> Result<(), Code> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest::default());
+    if let Some(secret) = secret {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    }
+    client
+        .check(request)
+        .await
+        .map(|_| ())
+        .map_err(|s| s.code())
+}
+
+/// Starts an example binary (built by `cargo test` beside the test binary)
+/// serving on `listen` against `app`, and waits until it accepts connections.
+async fn start_example(name: &str, app: &TestApp, listen: &str) -> KillOnDrop {
+    let examples = std::env::current_exe().unwrap();
+    let examples = examples
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples");
+    let child = std::process::Command::new(examples.join(name))
+        .env("PATD_ADDR", app.addr.to_string())
+        .env("LISTEN", listen)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("{name} (built by cargo test): {err}"));
+    let child = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(listen).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{name} never listened on {listen}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
+/// The README's examples, `crates/patd-client/examples/`, run as a service
+/// author runs them: against a real patd, called as clients call them.
+async fn the_examples_protect_their_services(app: TestApp) {
+    let (http, grpc) = (free_addr(), free_addr());
+    let _axum = start_example("axum_service", &app, &http).await;
+    let _tonic = start_example("tonic_service", &app, &grpc).await;
+    let (reader, _) = app.mint(("alice", "acme"), &["license:read"], None).await;
+    let (writer, _) = app.mint(("bob", "acme"), &["license:write"], None).await;
+    let (http, grpc): (SocketAddr, SocketAddr) = (http.parse().unwrap(), grpc.parse().unwrap());
+    let call = |method: &'static str, path: &'static str, secret: Option<String>| {
+        tokio::task::spawn_blocking(move || {
+            let authorization = secret.map(|secret| format!("Bearer {secret}"));
+            let (status, _, body) = http_call(method, http, path, authorization.as_deref());
+            (status, body)
+        })
+    };
+    let some = |secret: &str| Some(secret.to_owned());
+    assert_eq!(
+        call("GET", "/", None).await.unwrap(),
+        (200, "public\n".into())
+    );
+    assert_eq!(
+        call("GET", "/licenses", some(&reader)).await.unwrap(),
+        (200, "licenses of acme for alice\n".into())
+    );
+    assert_eq!(call("GET", "/licenses", None).await.unwrap().0, 401);
+    // Per-route scopes: reading needs license:read, adding license:write.
+    assert_eq!(
+        call("GET", "/licenses", some(&writer)).await.unwrap().0,
+        403
+    );
+    assert_eq!(
+        call("POST", "/licenses", some(&reader)).await.unwrap().0,
+        403
+    );
+    let (status, body) = call("POST", "/licenses", some(&writer)).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.starts_with("license added by bob (token "), "{body}");
+
+    assert_eq!(health_check(grpc, Some(&reader)).await, Ok(()));
+    assert_eq!(health_check(grpc, None).await, Err(Code::Unauthenticated));
+    assert_eq!(
+        health_check(grpc, Some(&writer)).await,
+        Err(Code::PermissionDenied)
+    );
+    let junk = crate::helpers::with_wrong_checksum(&reader);
+    assert_eq!(
+        health_check(grpc, Some(&junk)).await,
+        Err(Code::Unauthenticated)
+    );
+}
+
 backend_tests!(
+    the_examples_protect_their_services,
     cached_tokens_are_dropped_as_soon_as_they_change,
     junk_never_leaves_the_process,
     a_silent_stream_means_no_cache_and_no_patd_means_no_principal,
