@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tonic::Status;
@@ -46,9 +46,15 @@ impl Default for AuthenticatorSettings {
     }
 }
 
-/// Who presented a verified token, and what it grants.
+/// Who presented a verified token, and what it grants. A handle: cloning it
+/// copies a pointer, so the cache, the request's extensions and a handler can
+/// all hold it for free; read it like a struct (`principal.subject`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Principal {
+pub struct Principal(Arc<Claims>);
+
+/// What a [`Principal`] says: patd's `Introspect` answer for the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claims {
     pub token_id: String,
     pub name: String,
     pub subject: String,
@@ -60,8 +66,20 @@ pub struct Principal {
 }
 
 impl Principal {
+    pub fn new(claims: Claims) -> Principal {
+        Principal(Arc::new(claims))
+    }
+
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|held| held == scope)
+    }
+}
+
+impl std::ops::Deref for Principal {
+    type Target = Claims;
+
+    fn deref(&self) -> &Claims {
+        &self.0
     }
 }
 
@@ -73,7 +91,7 @@ pub enum VerifyError {
     Inactive,
     /// Active, but without every required scope.
     MissingScopes {
-        principal: Box<Principal>,
+        principal: Principal,
         missing: Vec<String>,
     },
     /// patd could not be asked: fail closed.
@@ -110,7 +128,7 @@ impl std::fmt::Debug for Key {
 
 struct Entry {
     /// `None`: patd said inactive.
-    principal: Option<Arc<Principal>>,
+    principal: Option<Principal>,
     inserted: Instant,
 }
 
@@ -126,7 +144,8 @@ pub(crate) struct Inner {
     pub(crate) client: Client,
     settings: AuthenticatorSettings,
     key: [u8; 32],
-    cache: Mutex<Cache>,
+    /// Read-locked on the hot path: verifies on every thread proceed together.
+    cache: RwLock<Cache>,
     /// When the change stream last delivered anything (micros since `origin`;
     /// 0: never).
     heard: AtomicU64,
@@ -154,7 +173,7 @@ impl Authenticator {
             client,
             settings,
             key,
-            cache: Mutex::default(),
+            cache: RwLock::default(),
             heard: AtomicU64::new(0),
             origin: Instant::now(),
             generation: AtomicU64::new(0),
@@ -180,16 +199,13 @@ impl Authenticator {
         required_scopes: &[&str],
         client_ip: Option<IpAddr>,
     ) -> Result<Principal, VerifyError> {
+        if let Some(answer) = self.verify_cached(bearer, required_scopes, client_ip) {
+            return answer;
+        }
         let inner = &*self.inner;
         let bearer = bearer.trim();
-        if !inner.settings.shape.is_well_formed(bearer) {
-            return Err(VerifyError::Inactive);
-        }
         let key = inner.key_of(bearer, client_ip);
         let coherent = inner.is_coherent();
-        if coherent && let Some(found) = inner.cached(&key) {
-            return check(found, required_scopes);
-        }
         // Asked before the call: an invalidation meanwhile keeps the answer
         // out of the cache.
         let generation = inner.generation.load(Ordering::Acquire);
@@ -198,7 +214,7 @@ impl Authenticator {
             .introspect(bearer, &[], client_ip)
             .await
             .map_err(VerifyError::Unavailable)?;
-        let principal = answer.active.then(|| Arc::new(principal_of(answer)));
+        let principal = answer.active.then(|| principal_of(answer));
         // Only while coherent, and since: an answer cached while the stream is
         // silent could miss a revocation the stream will not replay.
         if coherent && inner.is_coherent() {
@@ -207,9 +223,33 @@ impl Authenticator {
         check(principal, required_scopes)
     }
 
+    /// [`verify`](Authenticator::verify)'s answer if it needs no call: the
+    /// token is malformed, or its answer is cached and the cache is trusted.
+    /// `None`: only `verify` can tell.
+    pub fn verify_cached(
+        &self,
+        bearer: &str,
+        required_scopes: &[&str],
+        client_ip: Option<IpAddr>,
+    ) -> Option<Result<Principal, VerifyError>> {
+        let inner = &*self.inner;
+        let bearer = bearer.trim();
+        let key = inner.key_of(bearer, client_ip);
+        // Only well-formed tokens are ever cached, so a hit needs no shape check.
+        if inner.is_coherent()
+            && let Some(found) = inner.cached(&key)
+        {
+            return Some(check(found, required_scopes));
+        }
+        if !inner.settings.shape.is_well_formed(bearer) {
+            return Some(Err(VerifyError::Inactive));
+        }
+        None
+    }
+
     #[cfg(test)]
     fn cached_keys(&self) -> Vec<Key> {
-        let cache = self.inner.cache.lock().unwrap();
+        let cache = self.inner.cache.read().unwrap();
         cache
             .active
             .keys()
@@ -223,7 +263,7 @@ fn principal_of(answer: crate::proto::IntrospectResponse) -> Principal {
     let time = |timestamp: Option<prost_types::Timestamp>| {
         timestamp.and_then(|t| SystemTime::try_from(t).ok())
     };
-    Principal {
+    Principal::new(Claims {
         token_id: answer.token_id,
         name: answer.name,
         subject: answer.subject,
@@ -231,10 +271,10 @@ fn principal_of(answer: crate::proto::IntrospectResponse) -> Principal {
         scopes: answer.scopes,
         issued_at: time(answer.issued_at),
         expires_at: time(answer.expires_at),
-    }
+    })
 }
 
-fn check(principal: Option<Arc<Principal>>, required: &[&str]) -> Result<Principal, VerifyError> {
+fn check(principal: Option<Principal>, required: &[&str]) -> Result<Principal, VerifyError> {
     let Some(principal) = principal else {
         return Err(VerifyError::Inactive);
     };
@@ -251,12 +291,9 @@ fn check(principal: Option<Arc<Principal>>, required: &[&str]) -> Result<Princip
         .map(|scope| (*scope).to_owned())
         .collect();
     if missing.is_empty() {
-        Ok((*principal).clone())
+        Ok(principal)
     } else {
-        Err(VerifyError::MissingScopes {
-            principal: Box::new((*principal).clone()),
-            missing,
-        })
+        Err(VerifyError::MissingScopes { principal, missing })
     }
 }
 
@@ -264,10 +301,15 @@ impl Inner {
     fn key_of(&self, bearer: &str, client_ip: Option<IpAddr>) -> Key {
         let mut hasher = blake3::Hasher::new_keyed(&self.key);
         hasher.update(bearer.as_bytes());
-        hasher.update(b"\0");
-        if let Some(ip) = client_ip {
-            hasher.update(ip.to_canonical().to_string().as_bytes());
-        }
+        // 0xFF never occurs in UTF-8: the secret ends here.
+        hasher.update(&[0xFF]);
+        // Then the address's family and octets (an IPv4-mapped IPv6 address is
+        // its IPv4 address, as patd sees it).
+        match client_ip.map(|ip| ip.to_canonical()) {
+            None => hasher.update(&[0]),
+            Some(IpAddr::V4(v4)) => hasher.update(&[4]).update(&v4.octets()),
+            Some(IpAddr::V6(v6)) => hasher.update(&[6]).update(&v6.octets()),
+        };
         Key(*hasher.finalize().as_bytes())
     }
 
@@ -288,8 +330,8 @@ impl Inner {
     }
 
     /// The active (`Some`) or inactive (`None` inside) answer cached for `key`.
-    fn cached(&self, key: &Key) -> Option<Option<Arc<Principal>>> {
-        let cache = self.cache.lock().expect("lock poisoned");
+    fn cached(&self, key: &Key) -> Option<Option<Principal>> {
+        let cache = self.cache.read().expect("lock poisoned");
         if let Some(entry) = cache.active.get(key)
             && entry.inserted.elapsed() < self.settings.ttl
         {
@@ -303,8 +345,8 @@ impl Inner {
         None
     }
 
-    fn insert(&self, key: Key, principal: Option<Arc<Principal>>, generation: &u64) {
-        let mut cache = self.cache.lock().expect("lock poisoned");
+    fn insert(&self, key: Key, principal: Option<Principal>, generation: &u64) {
+        let mut cache = self.cache.write().expect("lock poisoned");
         if self.generation.load(Ordering::Acquire) != *generation {
             return;
         }
@@ -337,7 +379,7 @@ impl Inner {
 
     /// Forgets every answer about token `id` (revoked, deleted or rotated).
     pub(crate) fn invalidate(&self, id: &str) {
-        let mut cache = self.cache.lock().expect("lock poisoned");
+        let mut cache = self.cache.write().expect("lock poisoned");
         self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(keys) = cache.by_id.remove(id) {
             for key in keys {
@@ -348,7 +390,7 @@ impl Inner {
 
     /// Forgets everything (the stream could not resume without a gap).
     pub(crate) fn clear(&self) {
-        let mut cache = self.cache.lock().expect("lock poisoned");
+        let mut cache = self.cache.write().expect("lock poisoned");
         self.generation.fetch_add(1, Ordering::AcqRel);
         *cache = Cache::default();
     }

@@ -84,6 +84,35 @@ pub struct AuthService<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+pin_project_lite::pin_project! {
+    /// What [`AuthService`] returns: the inner service's own future when the
+    /// answer was cached (no allocation, no clone of the inner service), a
+    /// ready refusal, or a boxed future that asks patd first.
+    #[project = AuthFutureProj]
+    pub enum AuthFuture<F, R, E> {
+        Passed { #[pin] future: F },
+        Refused { response: Option<R> },
+        Asking { future: BoxFuture<Result<R, E>> },
+    }
+}
+
+impl<F, R, E> Future for AuthFuture<F, R, E>
+where
+    F: Future<Output = Result<R, E>>,
+{
+    type Output = Result<R, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AuthFutureProj::Passed { future } => future.poll(cx),
+            AuthFutureProj::Refused { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            AuthFutureProj::Asking { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
 impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for AuthService<S>
 where
     S: tower::Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -93,54 +122,82 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<ResBody>, S::Error>>;
+    type Future = AuthFuture<S::Future, Response<ResBody>, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let (mut parts, body) = request.into_parts();
+        let grpc = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("application/grpc"));
+        let bearer = match bearer_of(&parts.headers) {
+            Ok(bearer) => bearer.to_owned(),
+            Err(reason) => return refused(grpc, &Refusal::Unauthenticated(reason)),
+        };
+        let client_ip = (self.layer.client_ip)(&parts);
+        let required: Vec<&str> = self.layer.required.iter().map(String::as_str).collect();
+        let authenticator = &self.layer.authenticator;
+        // The hot path, synchronously: a cached answer calls the inner service
+        // that was polled ready, as it is.
+        if let Some(answer) = authenticator.verify_cached(&bearer, &required, client_ip) {
+            return match answer {
+                Ok(principal) => {
+                    parts.extensions.insert(principal);
+                    AuthFuture::Passed {
+                        future: self.inner.call(Request::from_parts(parts, body)),
+                    }
+                }
+                Err(err) => refused(grpc, &self.layer.refusal(err)),
+            };
+        }
         // The clone that was polled ready serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
-        Box::pin(async move {
-            let (mut parts, body) = request.into_parts();
-            let grpc = parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|value| value.to_str().ok())
-                .is_some_and(|value| value.starts_with("application/grpc"));
-            let bearer = match bearer_of(&parts.headers) {
-                Ok(bearer) => bearer,
-                Err(reason) => return Ok(refuse(grpc, &Refusal::Unauthenticated(reason))),
-            };
-            let client_ip = (layer.client_ip)(&parts);
-            let required: Vec<&str> = layer.required.iter().map(String::as_str).collect();
-            match layer
-                .authenticator
-                .verify(&bearer, &required, client_ip)
-                .await
-            {
-                Ok(principal) => {
-                    parts.extensions.insert(principal);
-                    inner.call(Request::from_parts(parts, body)).await
+        AuthFuture::Asking {
+            future: Box::pin(async move {
+                let required: Vec<&str> = layer.required.iter().map(String::as_str).collect();
+                match layer
+                    .authenticator
+                    .verify(&bearer, &required, client_ip)
+                    .await
+                {
+                    Ok(principal) => {
+                        parts.extensions.insert(principal);
+                        inner.call(Request::from_parts(parts, body)).await
+                    }
+                    Err(err) => Ok(refuse(grpc, &layer.refusal(err))),
                 }
-                Err(VerifyError::Inactive) => Ok(refuse(
-                    grpc,
-                    &Refusal::Unauthenticated("the bearer token is not active"),
-                )),
-                Err(VerifyError::MissingScopes { missing, .. }) => {
-                    Ok(refuse(grpc, &Refusal::Forbidden(&layer.required, missing)))
-                }
-                Err(VerifyError::Unavailable(_)) => Ok(refuse(grpc, &Refusal::Unavailable)),
+            }),
+        }
+    }
+}
+
+impl AuthLayer {
+    fn refusal(&self, err: VerifyError) -> Refusal<'_> {
+        match err {
+            VerifyError::Inactive => Refusal::Unauthenticated("the bearer token is not active"),
+            VerifyError::MissingScopes { missing, .. } => {
+                Refusal::Forbidden(&self.required, missing)
             }
-        })
+            VerifyError::Unavailable(_) => Refusal::Unavailable,
+        }
+    }
+}
+
+fn refused<F, B: Default, E>(grpc: bool, refusal: &Refusal<'_>) -> AuthFuture<F, Response<B>, E> {
+    AuthFuture::Refused {
+        response: Some(refuse(grpc, refusal)),
     }
 }
 
 /// The token of the one `authorization: Bearer …` header.
-fn bearer_of(headers: &http::HeaderMap) -> Result<String, &'static str> {
+fn bearer_of(headers: &http::HeaderMap) -> Result<&str, &'static str> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = values.next().ok_or("missing bearer token")?;
     if values.next().is_some() {
@@ -153,7 +210,7 @@ fn bearer_of(headers: &http::HeaderMap) -> Result<String, &'static str> {
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err("authorization must be `Bearer <token>`");
     }
-    Ok(token.trim().to_owned())
+    Ok(token.trim())
 }
 
 enum Refusal<'a> {

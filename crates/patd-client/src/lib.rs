@@ -28,10 +28,10 @@ mod format;
 mod layer;
 mod watch;
 
-pub use authenticator::{Authenticator, AuthenticatorSettings, Principal, VerifyError};
+pub use authenticator::{Authenticator, AuthenticatorSettings, Claims, Principal, VerifyError};
 pub use client::{Client, ClientBuilder, Tls};
 pub use format::TokenShape;
-pub use layer::{AuthLayer, AuthService};
+pub use layer::{AuthFuture, AuthLayer, AuthService};
 
 /// The `pat.v1` messages and client stubs, compiled from patd's `proto/`.
 pub mod proto {
