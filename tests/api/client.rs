@@ -132,6 +132,52 @@ async fn cached_tokens_are_dropped_as_soon_as_they_change(app: TestApp) {
     );
 }
 
+/// A rotated-out secret used after its grace period must reach patd, which
+/// takes it for a leak and revokes the token: the Authenticator must not answer
+/// it "inactive" from its cache and so hide the thief's use.
+async fn reuse_of_a_rotated_secret_after_its_grace_reaches_patd(app: TestApp) {
+    let auth = authenticator(&app).await;
+    let manager = app.manager("alice", &["license:read"]).await;
+    let (old, record) = app.mint(("alice", "acme"), &["license:read"], None).await;
+    let rotated = app
+        .tokens()
+        .await
+        .rotate_token(authed(
+            &manager,
+            patd::proto::RotateTokenRequest {
+                id: record.id.clone(),
+                grace_period: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // Within its grace the old secret works, and is cached with the grace as
+    // its expiry (again, once the rotation's own change has dropped it).
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while !matches!(auth.verify_cached(&old, &[], None), Some(Ok(_))) {
+        assert!(
+            Instant::now() < deadline,
+            "the old secret is cached in its grace"
+        );
+        auth.verify(&old, &[], None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert!(matches!(
+        auth.verify(&old, &[], None).await,
+        Err(VerifyError::Inactive)
+    ));
+    assert!(
+        !app.is_active(&rotated.secret).await,
+        "patd saw the reuse and revoked the token"
+    );
+}
+
 /// Two replicas on one Postgres: revoked through A, denied by an Authenticator
 /// following B.
 #[tokio::test]
@@ -495,6 +541,7 @@ async fn the_examples_protect_their_services(app: TestApp) {
 }
 
 backend_tests!(
+    reuse_of_a_rotated_secret_after_its_grace_reaches_patd,
     the_examples_protect_their_services,
     cached_tokens_are_dropped_as_soon_as_they_change,
     junk_never_leaves_the_process,

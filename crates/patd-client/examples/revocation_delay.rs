@@ -34,6 +34,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let revoke_on = env("REVOKE_ON", "127.0.0.1:50051");
     let watch = env("WATCH", &revoke_on);
     let tokens: usize = env("TOKENS", "200").parse()?;
+    if tokens == 0 {
+        return Err("TOKENS must be at least 1".into());
+    }
     let manager = std::env::var("PATD_TOKEN").map_err(|_| "set PATD_TOKEN")?;
 
     let writer = Client::builder(revoke_on.clone())

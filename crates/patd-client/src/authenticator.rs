@@ -132,6 +132,20 @@ struct Entry {
     inserted: Instant,
 }
 
+impl Entry {
+    /// An active answer past its `expires_at` is not answered from the cache,
+    /// not even as inactive: patd must see the use. A rotated-out secret is
+    /// answered with its grace period as `expires_at`, and patd revokes the
+    /// token when that secret is used after it (the thief's reuse); a local
+    /// "inactive" would hide exactly that use.
+    fn is_past_expiry(&self) -> bool {
+        self.principal
+            .as_ref()
+            .and_then(|principal| principal.expires_at)
+            .is_some_and(|at| at <= SystemTime::now())
+    }
+}
+
 #[derive(Default)]
 struct Cache {
     active: HashMap<Key, Entry>,
@@ -334,6 +348,7 @@ impl Inner {
         let cache = self.cache.read().expect("lock poisoned");
         if let Some(entry) = cache.active.get(key)
             && entry.inserted.elapsed() < self.settings.ttl
+            && !entry.is_past_expiry()
         {
             return Some(entry.principal.clone());
         }
@@ -360,12 +375,14 @@ impl Inner {
                 {
                     evict_one(&mut cache);
                 }
-                cache
-                    .by_id
-                    .entry(principal.token_id.clone())
-                    .or_default()
-                    .push(key);
-                cache.active.insert(key, entry);
+                // Indexed once per key: a refreshed answer replaces its entry.
+                if cache.active.insert(key, entry).is_none() {
+                    cache
+                        .by_id
+                        .entry(principal.token_id.clone())
+                        .or_default()
+                        .push(key);
+                }
             }
             None => {
                 if cache.inactive.len() >= self.settings.negative_capacity {
@@ -388,11 +405,18 @@ impl Inner {
         }
     }
 
-    /// Forgets everything (the stream could not resume without a gap).
+    /// Forgets everything (the stream could not resume without a gap), and
+    /// trusts nothing until the stream is heard from again: an answer cached
+    /// before the new subscription starts could miss a change made meanwhile.
     pub(crate) fn clear(&self) {
         let mut cache = self.cache.write().expect("lock poisoned");
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.heard.store(0, Ordering::Release);
         *cache = Cache::default();
+    }
+
+    pub(crate) fn max_staleness(&self) -> Duration {
+        self.settings.max_staleness
     }
 }
 
@@ -445,6 +469,61 @@ mod tests {
         assert_ne!(key, other.inner.key_of(secret, None));
         assert!(format!("{key:?}").contains("keyed hash"));
         assert!(auth.cached_keys().is_empty());
+    }
+
+    fn principal(id: &str, expires_at: Option<SystemTime>) -> Principal {
+        Principal::new(Claims {
+            token_id: id.to_owned(),
+            name: "n".to_owned(),
+            subject: "alice".to_owned(),
+            account: "acme".to_owned(),
+            scopes: vec!["license:read".to_owned()],
+            issued_at: None,
+            expires_at,
+        })
+    }
+
+    #[tokio::test]
+    async fn refreshing_an_answer_does_not_grow_the_index() {
+        let auth = Authenticator::new(
+            Client::builder("127.0.0.1:9").build().unwrap(),
+            AuthenticatorSettings::default(),
+        );
+        let inner = &auth.inner;
+        let key = inner.key_of("a secret", None);
+        for _ in 0..1_000 {
+            let generation = inner.generation.load(Ordering::Acquire);
+            inner.insert(key, Some(principal("t1", None)), &generation);
+        }
+        let cache = inner.cache.read().unwrap();
+        assert_eq!(cache.by_id["t1"], vec![key]);
+        assert_eq!(cache.active.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_expired_answer_is_asked_again_and_clearing_stops_trust() {
+        let auth = Authenticator::new(
+            Client::builder("127.0.0.1:9").build().unwrap(),
+            AuthenticatorSettings::default(),
+        );
+        let inner = &auth.inner;
+        inner.heard();
+        assert!(auth.is_coherent());
+        let (live, past) = (inner.key_of("live", None), inner.key_of("past", None));
+        let generation = inner.generation.load(Ordering::Acquire);
+        let later = SystemTime::now() + Duration::from_secs(60);
+        let earlier = SystemTime::now() - Duration::from_secs(1);
+        inner.insert(live, Some(principal("t1", Some(later))), &generation);
+        inner.insert(past, Some(principal("t2", Some(earlier))), &generation);
+        assert!(matches!(inner.cached(&live), Some(Some(_))));
+        // Past its expiry: a miss (patd decides, and sees the use), not "inactive".
+        assert!(inner.cached(&past).is_none());
+        inner.clear();
+        assert!(
+            !auth.is_coherent(),
+            "nothing is trusted until the stream is heard"
+        );
+        assert!(inner.cached(&live).is_none());
     }
 
     #[tokio::test]

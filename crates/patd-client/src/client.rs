@@ -13,7 +13,7 @@ use crate::proto::token_service_client::TokenServiceClient;
 
 /// TLS to patd: the CA bundle its certificate is checked against, and a client
 /// certificate for mTLS if patd asks for one.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Tls {
     /// PEM CA bundle.
     pub ca_pem: Vec<u8>,
@@ -23,8 +23,18 @@ pub struct Tls {
     pub server_name: Option<String>,
 }
 
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("ca_pem", &format_args!("<{} bytes>", self.ca_pem.len()))
+            .field("identity", &self.identity.as_ref().map(|_| "<redacted>"))
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
 /// How to reach patd.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     address: String,
     tls: Option<Tls>,
@@ -32,6 +42,22 @@ pub struct ClientBuilder {
     timeout: Duration,
     connect_timeout: Duration,
     retries: u32,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("address", &self.address)
+            .field("tls", &self.tls)
+            .field(
+                "credential",
+                &self.credential.as_ref().map(|_| "<redacted>"),
+            )
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("retries", &self.retries)
+            .finish()
+    }
 }
 
 impl ClientBuilder {
@@ -125,6 +151,11 @@ impl ClientBuilder {
             .credential
             .map(|credential| {
                 MetadataValue::try_from(format!("Bearer {credential}"))
+                    .map(|mut value| {
+                        // Never indexed by HPACK, never printed by Debug.
+                        value.set_sensitive(true);
+                        value
+                    })
                     .map_err(|_| Status::invalid_argument("the credential is not printable ASCII"))
             })
             .transpose()?;
@@ -141,7 +172,7 @@ impl ClientBuilder {
 }
 
 /// A typed client for patd; cheap to clone (one connection, shared).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
     channel: Channel,
     authorization: Option<Arc<MetadataValue<tonic::metadata::Ascii>>>,
@@ -151,6 +182,20 @@ pub struct Client {
     )>,
     timeout: Duration,
     retries: u32,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field(
+                "credential",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .field("acting_for", &self.act_as)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What every management call of [`Client`] returns.
@@ -428,5 +473,33 @@ impl Client {
     /// The connection, for other services on the same patd (e.g. health).
     pub fn channel(&self) -> Channel {
         self.channel.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn debug_output_never_shows_the_credential_or_the_key() {
+        let tls = Tls {
+            ca_pem: b"-----BEGIN CERTIFICATE-----".to_vec(),
+            identity: Some((b"CERT-PEM".to_vec(), b"PRIVATE-KEY-PEM".to_vec())),
+            server_name: None,
+        };
+        let builder = Client::builder("127.0.0.1:9")
+            .credential("patdsvc_TOPSECRET")
+            .tls(tls);
+        let client = Client::builder("127.0.0.1:9")
+            .credential("patd_TOPSECRET")
+            .build()
+            .unwrap();
+        for shown in [format!("{builder:?}"), format!("{client:?}")] {
+            assert!(!shown.contains("TOPSECRET"), "{shown}");
+            assert!(!shown.contains("PRIVATE-KEY"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+        let authorization = client.request(()).metadata().get("authorization").cloned();
+        assert!(authorization.is_some_and(|value| value.is_sensitive()));
     }
 }

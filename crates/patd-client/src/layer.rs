@@ -24,11 +24,12 @@ pub type ClientIp = fn(&http::request::Parts) -> Option<IpAddr>;
 /// The client address in a request's extensions: tonic's `TcpConnectInfo`, or a
 /// `SocketAddr` (axum: see [`AuthLayer::client_ip`] for `ConnectInfo`).
 fn connection_address(parts: &http::request::Parts) -> Option<IpAddr> {
-    if let Some(info) = parts
-        .extensions
-        .get::<tonic::transport::server::TcpConnectInfo>()
-    {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    if let Some(info) = parts.extensions.get::<TcpConnectInfo>() {
         return info.remote_addr().map(|addr| addr.ip());
+    }
+    if let Some(info) = parts.extensions.get::<TlsConnectInfo<TcpConnectInfo>>() {
+        return info.get_ref().remote_addr().map(|addr| addr.ip());
     }
     if let Some(addr) = parts.extensions.get::<SocketAddr>() {
         return Some(addr.ip());

@@ -21,6 +21,20 @@ impl Drop for Task {
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(2);
+/// The least time a stream may stay silent before it is abandoned: heartbeats
+/// come every 500 ms.
+const MIN_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Unreachable is ordinary (patd restarts); anything else (a credential not
+/// admitted, a bad request) needs an operator, and is said louder.
+fn log_failure(status: &tonic::Status, what: &str) {
+    match status.code() {
+        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::ResourceExhausted => {
+            tracing::debug!(code = ?status.code(), message = status.message(), "{what}")
+        }
+        _ => tracing::warn!(code = ?status.code(), message = status.message(), "{what}"),
+    }
+}
 
 pub(crate) fn spawn(inner: Weak<Inner>) -> Task {
     Task(tokio::spawn(follow(inner)))
@@ -36,25 +50,43 @@ async fn follow(inner: Weak<Inner>) {
         };
         match client.watch_changes(&cursor).await {
             Ok(mut stream) => {
+                // A stream that stays open but says nothing (patd's follower
+                // stuck behind a live connection) is abandoned and resumed.
+                let patience = inner.upgrade().map_or(MIN_PATIENCE, |inner| {
+                    inner.max_staleness().max(MIN_PATIENCE)
+                });
                 loop {
-                    match stream.message().await {
+                    let message = match tokio::time::timeout(patience, stream.message()).await {
+                        Ok(message) => message,
+                        Err(_) => {
+                            tracing::warn!(
+                                "patd change stream silent for {patience:?}; reconnecting"
+                            );
+                            break;
+                        }
+                    };
+                    match message {
                         Ok(Some(change)) => {
                             let Some(inner) = inner.upgrade() else { return };
-                            if change.kind() != ChangeKind::Heartbeat && !change.token_id.is_empty()
-                            {
-                                inner.invalidate(&change.token_id);
-                            } else if change.kind() == ChangeKind::Unspecified {
-                                // A change of unknown kind, from an older log
-                                // row without a token id: trust nothing cached.
-                                inner.clear();
+                            match change.kind() {
+                                // Only a heartbeat says the stream is current:
+                                // patd sends one only while it follows its log,
+                                // and only after a resumed stream's backlog, so
+                                // the cache is not trusted halfway through one.
+                                ChangeKind::Heartbeat => inner.heard(),
+                                _ if change.token_id.is_empty() => {
+                                    // A change without a token id (an older log
+                                    // row, an unknown kind): trust nothing cached.
+                                    inner.clear();
+                                }
+                                _ => inner.invalidate(&change.token_id),
                             }
-                            inner.heard();
                             cursor = change.cursor;
                             pause = FIRST_RETRY;
                         }
                         Ok(None) => break,
                         Err(status) => {
-                            tracing::debug!(%status, "patd change stream ended; resuming");
+                            log_failure(&status, "patd change stream ended; resuming");
                             break;
                         }
                     }
@@ -70,9 +102,7 @@ async fn follow(inner: Weak<Inner>) {
                 cursor.clear();
                 continue;
             }
-            Err(status) => {
-                tracing::debug!(%status, "patd change stream unavailable; retrying");
-            }
+            Err(status) => log_failure(&status, "patd change stream refused; retrying"),
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(LAST_RETRY);
