@@ -36,6 +36,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
     health_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
     database_url: Option<String>,
     token_prefix: Option<String>,
     log: Option<String>,
@@ -73,6 +74,7 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
     pub health_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
     pub database_url: Option<String>,
     pub token_prefix: Option<String>,
     pub log: Option<String>,
@@ -105,6 +107,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Plaintext `grpc.health.v1` only, for probes when the main port has TLS.
     pub health_listen: Option<SocketAddr>,
+    /// HTTP: RFC 7662 introspection and `/healthz`; off unless set.
+    pub http_listen: Option<SocketAddr>,
     /// TLS on the gRPC port; plaintext unless set.
     pub tls: Option<TlsSettings>,
     pub database_url: DatabaseUrl,
@@ -441,6 +445,7 @@ impl Config {
         Ok(Config {
             metrics_listen: overrides.metrics_listen.or(file.metrics_listen),
             health_listen: overrides.health_listen.or(file.health_listen),
+            http_listen: overrides.http_listen.or(file.http_listen),
             tls,
             listen: overrides
                 .listen

@@ -151,17 +151,31 @@ impl Callers {
     /// The trusted caller behind `request`, if any: by its verified client
     /// certificate, or by a service credential in `authorization`.
     pub fn identify<T>(&self, request: &Request<T>) -> Option<&str> {
-        if let Some(peer) = request.extensions().get::<PeerInfo>()
-            && let Some(caller) = self.trusted.iter().find(|caller| {
+        if let Some(caller) = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|peer| self.by_certificate(peer))
+        {
+            return Some(caller);
+        }
+        self.by_credential(bearer_token(request.metadata()).ok()?)
+    }
+
+    /// The trusted caller whose client certificate `peer` presented.
+    pub fn by_certificate(&self, peer: &PeerInfo) -> Option<&str> {
+        self.trusted
+            .iter()
+            .find(|caller| {
                 caller
                     .client_cert_dns_name
                     .as_deref()
                     .is_some_and(|name| peer.client_cert_names(name))
             })
-        {
-            return Some(&caller.name);
-        }
-        let presented = bearer_token(request.metadata()).ok()?;
+            .map(|caller| caller.name.as_str())
+    }
+
+    /// The trusted caller whose service credential `presented` is.
+    pub fn by_credential(&self, presented: &str) -> Option<&str> {
         if !presented.starts_with(SERVICE_CREDENTIAL_PREFIX) {
             return None;
         }
@@ -175,6 +189,11 @@ impl Callers {
             }
         }
         found
+    }
+
+    /// Whether Introspect-like calls must come from a trusted caller.
+    pub fn introspection_needs_trust(&self) -> bool {
+        self.introspection == IntrospectionCallers::Trusted
     }
 
     /// Refuses `Introspect`/`Check` callers the policy does not admit.

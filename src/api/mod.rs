@@ -1,5 +1,5 @@
 //! The gRPC services (`TokenService`, `IntrospectionService`, Envoy's
-//! `Authorization`): thin handlers that authenticate (`auth`), check the request
+//! `Authorization`) and RFC 7662 introspection over HTTP (`oauth`): thin handlers that authenticate (`auth`), check the request
 //! (`requests`, pure), call the verifier or the store, and turn every error into
 //! a status in one place (`status`). Also what they share: the peer a call came
 //! from, refusal budgets, rate limits, and the conversions to the wire's types.
@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod ext_authz;
 pub mod introspection;
+pub mod oauth;
 pub mod peer;
 pub mod rate;
 pub mod refusals;

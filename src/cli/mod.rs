@@ -125,6 +125,10 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 0.0.0.0:9090 [default: off]
     #[arg(long, env = "PATD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve HTTP here: RFC 7662 introspection at POST /oauth2/introspect, and
+    /// GET /healthz, e.g. 0.0.0.0:8080 [default: off]
+    #[arg(long, env = "PATD_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
     /// How long in-flight calls may finish after SIGTERM, e.g. 10s [default: 10s]
     #[arg(long, env = "PATD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
@@ -224,6 +228,7 @@ impl Cli {
             listen: serve.and_then(|args| args.listen),
             metrics_listen: serve.and_then(|args| args.metrics_listen),
             health_listen: serve.and_then(|args| args.health_listen),
+            http_listen: serve.and_then(|args| args.http_listen),
             ext_authz_remove_authorization: serve
                 .and_then(|args| args.ext_authz_remove_authorization),
             tls_cert_file: serve.and_then(|args| args.tls_cert_file.clone()),
@@ -329,12 +334,14 @@ async fn serve(config: &Config, migrate: bool) -> CliResult {
         .map_err(|err| format!("cannot listen on {}: {err}", config.listen))?;
     let metrics = bind_optional(config.metrics_listen, "metrics").await?;
     let health = bind_optional(config.health_listen, "health").await?;
+    let http = bind_optional(config.http_listen, "http").await?;
     let tls = config.tls.clone().map(TlsReloader::load).transpose()?;
     let listeners = serve::Listeners {
         grpc: listener,
         tls,
         metrics,
         health,
+        http,
     };
     let stop = async {
         let _ = stop_rx.await;

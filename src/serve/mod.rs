@@ -5,6 +5,7 @@
 //!
 //! May use: every layer below (`domain`, `metrics`, `store`, `verify`, `api`).
 
+pub mod http;
 pub mod metrics;
 pub mod overload;
 pub mod telemetry;
@@ -22,6 +23,7 @@ use tonic_health::server::HealthReporter;
 use crate::api::auth::Callers;
 use crate::api::ext_authz::ExtAuthzApi;
 use crate::api::introspection::IntrospectionApi;
+use crate::api::oauth::HttpIntrospection;
 use crate::api::tokens::TokenApi;
 use crate::domain::policy::Policy;
 use crate::domain::token::TokenFormat;
@@ -262,6 +264,8 @@ pub struct Listeners {
     pub tls: Option<Arc<TlsReloader>>,
     pub metrics: Option<TcpListener>,
     pub health: Option<TcpListener>,
+    /// HTTP: RFC 7662 introspection and `/healthz`.
+    pub http: Option<TcpListener>,
 }
 
 impl From<TcpListener> for Listeners {
@@ -271,6 +275,7 @@ impl From<TcpListener> for Listeners {
             tls: None,
             metrics: None,
             health: None,
+            http: None,
         }
     }
 }
@@ -289,6 +294,7 @@ pub async fn run(
         tls,
         metrics: metrics_listener,
         health: health_listener,
+        http: http_listener,
     } = listeners.into();
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // The reporter starts with "" SERVING; nothing is until storage answers.
@@ -326,6 +332,21 @@ pub async fn run(
     let stop_accepting = acceptor.abort_handle();
     let acceptor = AbortOnDrop(acceptor);
 
+    // One in-flight guard for gRPC and HTTP calls alike.
+    let shed = ShedLayer::new(settings.limits.max_in_flight);
+    let http_server = http_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "RFC 7662 introspection at {}", self::http::describe(addr));
+        }
+        let state = Arc::new(self::http::HttpState {
+            introspection: HttpIntrospection::new(verifier.clone(), settings.callers.clone()),
+            health: tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
+            shed: shed.clone(),
+        });
+        AbortOnDrop(tokio::spawn(self::http::serve(listener, state)))
+    });
+    let stop_http = http_server.as_ref().map(|server| server.0.abort_handle());
+
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let signal_reporter = reporter.clone();
     let draining = Arc::new(AtomicBool::new(false));
@@ -341,6 +362,9 @@ pub async fn run(
         signal_feed.close();
         // New connections are refused from now on, not accepted and left hanging.
         stop_accepting.abort();
+        if let Some(stop_http) = stop_http {
+            stop_http.abort();
+        }
         let _ = draining_tx.send(());
     };
 
@@ -410,7 +434,7 @@ pub async fn run(
         .max_connection_age(MAX_CONNECTION_AGE)
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         // Shed before logging: under overload, refusals are cheap and unlogged.
-        .layer(ShedLayer::new(limits.max_in_flight))
+        .layer(shed)
         .layer(CallLogLayer::new(verifier.metrics().clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -457,7 +481,7 @@ pub async fn run(
     // Stop the background tasks, but not in the middle of a last_used flush.
     let paused = verifier.pause_flushes().await;
     drop((follower, notifications, writer, watch, metrics_server));
-    drop((acceptor, tls_watch, health_server));
+    drop((acceptor, tls_watch, health_server, http_server));
     drop(paused);
     match verifier.flush_last_used().await {
         Ok(written) => tracing::info!(written, "last_used_at flushed"),

@@ -24,6 +24,14 @@ impl ShedLayer {
     }
 }
 
+impl ShedLayer {
+    /// A permit for one call outside the gRPC stack (the HTTP listener shares
+    /// the guard), or `None`: shed it.
+    pub fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+}
+
 impl<S> tower::Layer<S> for ShedLayer {
     type Service = Shed<S>;
 

@@ -82,6 +82,8 @@ pub struct TestApp {
     pub metrics_addr: SocketAddr,
     /// The plaintext health-only port (apps serving TLS).
     pub health_addr: Option<SocketAddr>,
+    /// The HTTP listener (RFC 7662 introspection, /healthz).
+    pub http_addr: SocketAddr,
     pub store: Store,
     pub format: TokenFormat,
     pub database_url: DatabaseUrl,
@@ -320,11 +322,14 @@ impl TestApp {
             None => None,
         };
         let health_addr = health.as_ref().map(|l| l.local_addr().unwrap());
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http.local_addr().unwrap();
         let listeners = serve::Listeners {
             grpc: listener,
             tls,
             metrics: Some(metrics),
             health,
+            http: Some(http),
         };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let format = settings.token_format.clone();
@@ -336,6 +341,7 @@ impl TestApp {
             addr,
             metrics_addr,
             health_addr,
+            http_addr,
             store,
             format,
             database_url,

@@ -20,6 +20,7 @@ mod introspection;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod oauth;
 mod policy;
 mod readme;
 mod server;

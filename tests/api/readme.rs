@@ -4,7 +4,7 @@
 //! fails the test, naming its README line.
 //!
 //! The only changes made to what the README says: the servers listen on random
-//! ports instead of 50051, 50052 and 9090 (and `PATD_ADDR` names the first),
+//! ports instead of 50051, 50052, 9090 and 8080 (and `PATD_ADDR` names the first),
 //! and this build's `patd` comes first on `PATH`.
 
 use std::os::unix::process::CommandExt;
@@ -90,6 +90,7 @@ async fn the_readme_runs_top_to_bottom(backend: Backend) {
         ("127.0.0.1:50051", main.clone()),
         ("127.0.0.1:50052", free_addr()),
         ("127.0.0.1:9090", free_addr()),
+        ("127.0.0.1:8080", free_addr()),
     ];
     let script = script(&blocks, &ports);
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_patd"))

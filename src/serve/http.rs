@@ -1,0 +1,180 @@
+//! The HTTP listener (`http_listen`): RFC 7662 introspection at
+//! `POST /oauth2/introspect` and `GET /healthz`, over HTTP/1.1, beside the gRPC
+//! port and under the same in-flight guard. Bounded against slow or greedy
+//! clients: header size (431), body size (413), the time to send headers and
+//! body (408), and the number of connections.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::Health;
+use tonic_health::server::HealthService;
+
+use crate::api::oauth::{HttpAnswer, HttpIntrospection};
+use crate::api::peer::{PeerInfo, canonical};
+use crate::serve::overload::ShedLayer;
+
+/// Connections served at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Largest request head (request line and headers): beyond it, 431.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest body: beyond it, 413. A token form is well under 1 KiB.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Time a client has to send a request's headers (also while a kept-alive
+/// connection sits idle), and then its body.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub const INTROSPECT_PATH: &str = "/oauth2/introspect";
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// What every request needs.
+pub struct HttpState {
+    pub introspection: HttpIntrospection,
+    pub health: HealthService,
+    pub shed: ShedLayer,
+}
+
+/// Serves `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<HttpState>) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = connections
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors, say: back off rather than spin.
+                tracing::warn!(error = %err, "http: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let peer = PeerInfo::new(Some(canonical(remote)), None);
+        let service = hyper::service::service_fn(move |request| {
+            let (state, peer) = (state.clone(), peer.clone());
+            async move { Ok::<_, Infallible>(respond(&state, &peer, request).await) }
+        });
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, %remote, "http: connection ended");
+            }
+        });
+    }
+}
+
+fn plain(status: http::StatusCode, body: &str) -> http::Response<Full<Bytes>> {
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(format!("{body}\n"))))
+        .expect("static response parts are valid")
+}
+
+fn into_response(answer: HttpAnswer) -> http::Response<Full<Bytes>> {
+    let mut response = http::Response::new(Full::new(Bytes::from(answer.body)));
+    *response.status_mut() = answer.status;
+    for (name, value) in answer.headers {
+        response.headers_mut().append(name, value);
+    }
+    response
+}
+
+async fn respond(
+    state: &HttpState,
+    peer: &PeerInfo,
+    request: http::Request<Incoming>,
+) -> http::Response<Full<Bytes>> {
+    match request.uri().path() {
+        HEALTH_PATH => health(state, request.method()).await,
+        INTROSPECT_PATH => {
+            let Some(_permit) = state.shed.try_admit() else {
+                let mut response = plain(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "server overloaded: too many calls in flight; retry with backoff",
+                );
+                response.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                return response;
+            };
+            let (parts, body) = request.into_parts();
+            let body = match read_body(body).await {
+                Ok(body) => body,
+                Err(response) => return response,
+            };
+            let answer = state
+                .introspection
+                .answer(&parts.method, &parts.headers, Some(peer), &body)
+                .await;
+            into_response(answer)
+        }
+        _ => plain(
+            http::StatusCode::NOT_FOUND,
+            "patd serves POST /oauth2/introspect and GET /healthz here",
+        ),
+    }
+}
+
+/// The whole body, bounded in size and time.
+async fn read_body(body: Incoming) -> Result<Bytes, http::Response<Full<Bytes>>> {
+    let collect = Limited::new(body, MAX_BODY_BYTES).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(plain(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body exceeds {MAX_BODY_BYTES} bytes"),
+        )),
+        Ok(Err(_)) => Err(plain(
+            http::StatusCode::BAD_REQUEST,
+            "the body could not be read",
+        )),
+        Err(_) => Err(plain(
+            http::StatusCode::REQUEST_TIMEOUT,
+            "the body did not arrive in time",
+        )),
+    }
+}
+
+/// 200 only while the server reports SERVING (what gRPC health says of "").
+async fn health(state: &HttpState, method: &http::Method) -> http::Response<Full<Bytes>> {
+    if method != http::Method::GET && method != http::Method::HEAD {
+        return plain(http::StatusCode::METHOD_NOT_ALLOWED, "use GET");
+    }
+    let request = tonic::Request::new(HealthCheckRequest::default());
+    let serving = state
+        .health
+        .check(request)
+        .await
+        .is_ok_and(|answer| answer.into_inner().status() == ServingStatus::Serving);
+    if serving {
+        plain(http::StatusCode::OK, "SERVING")
+    } else {
+        plain(http::StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING")
+    }
+}
+
+/// For the log line at start.
+pub fn describe(addr: SocketAddr) -> String {
+    format!("http://{addr}{INTROSPECT_PATH}")
+}
