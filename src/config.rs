@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::api::auth::{
     Callers, IntrospectionCallers, SERVICE_CREDENTIAL_PREFIX, TrustedCallerConfig,
 };
+use crate::domain::cidr::CidrList;
 use crate::domain::clock;
 use crate::domain::policy::{Policy, PolicyConfig};
 use crate::domain::token::{DEFAULT_PREFIX, TokenFormat};
@@ -37,6 +38,7 @@ struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     health_listen: Option<SocketAddr>,
     http_listen: Option<SocketAddr>,
+    trusted_proxies: Option<Vec<String>>,
     database_url: Option<String>,
     token_prefix: Option<String>,
     log: Option<String>,
@@ -75,6 +77,7 @@ pub struct Overrides {
     pub metrics_listen: Option<SocketAddr>,
     pub health_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
+    pub trusted_proxies: Option<Vec<String>>,
     pub database_url: Option<String>,
     pub token_prefix: Option<String>,
     pub log: Option<String>,
@@ -402,6 +405,14 @@ impl Config {
         }
         server.callers = callers;
         server.policy = Policy::new(&file.policy)?;
+        let proxies = overrides
+            .trusted_proxies
+            .as_ref()
+            .or(file.trusted_proxies.as_ref())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        server.trusted_proxies =
+            CidrList::parse(proxies).map_err(|err| format!("trusted_proxies: {}", err.0))?;
         server.ext_authz_remove_authorization = overrides
             .ext_authz_remove_authorization
             .or(file.ext_authz_remove_authorization)

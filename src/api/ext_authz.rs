@@ -15,9 +15,9 @@ use std::net::IpAddr;
 use tonic::{Code, Request, Response, Status};
 
 use crate::api::auth::Callers;
-use crate::domain::scope::ScopeSet;
-use crate::metrics::{Check, IntrospectOutcome};
-use crate::verify::{Lane, Verifier};
+use crate::api::gate::{self, Gate};
+use crate::metrics::Check;
+use crate::verify::Verifier;
 
 /// The context extension listing the scopes a route requires.
 pub const REQUIRED_SCOPES_KEY: &str = "required_scopes";
@@ -25,7 +25,6 @@ pub const SUBJECT_HEADER: &str = "x-patd-subject";
 pub const ACCOUNT_HEADER: &str = "x-patd-account";
 pub const TOKEN_ID_HEADER: &str = "x-patd-token-id";
 pub const SCOPES_HEADER: &str = "x-patd-scopes";
-const REALM: &str = "Bearer realm=\"patd\"";
 
 pub struct ExtAuthzApi {
     verifier: Verifier,
@@ -121,16 +120,11 @@ fn deny(code: Code, http: HttpStatusCode, challenge: Option<String>, body: &str)
     }
 }
 
-fn unauthenticated(error: Option<&str>, body: &str) -> CheckResponse {
-    // RFC 6750 §3: no error code when no credentials were sent.
-    let challenge = match error {
-        Some(error) => format!("{REALM}, error=\"{error}\""),
-        None => REALM.to_owned(),
-    };
+fn unauthenticated(challenge: Option<String>, body: &str) -> CheckResponse {
     deny(
         Code::Unauthenticated,
         HttpStatusCode::Unauthorized,
-        Some(challenge),
+        challenge,
         body,
     )
 }
@@ -151,122 +145,70 @@ impl ExtAuthzApi {
                     .collect()
             })
             .unwrap_or_default();
-        // A misspelt scope in the route's configuration must not deny (or allow)
-        // in silence: fail closed, loudly.
-        let required = match ScopeSet::parse(&required_names) {
-            Ok(required) => required,
-            Err(unknown) => {
-                tracing::error!(%unknown, "ext_authz: route requires an unknown scope");
-                let body =
-                    format!("authorization is misconfigured: {REQUIRED_SCOPES_KEY}: {unknown}");
-                return (
-                    deny(
-                        Code::Internal,
-                        HttpStatusCode::InternalServerError,
-                        None,
-                        &body,
-                    ),
-                    Check::Misconfigured,
-                );
-            }
-        };
         let values = authorization_headers(check);
-        let value = match values.as_slice() {
-            [] => {
-                return (
-                    unauthenticated(None, "missing bearer token"),
-                    Check::NoToken,
-                );
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        let gate = gate::decide(
+            &self.verifier,
+            &values,
+            &required_names,
+            client_address(check),
+        )
+        .await;
+        let outcome = gate.check();
+        let challenge = gate.challenge();
+        let response = match gate {
+            Gate::Allowed(token) => {
+                let ok = OkHttpResponse {
+                    headers: vec![
+                        header(SUBJECT_HEADER, token.subject().to_owned()),
+                        header(ACCOUNT_HEADER, token.account().to_owned()),
+                        header(TOKEN_ID_HEADER, token.id().to_owned()),
+                        header(SCOPES_HEADER, token.scopes.to_names().join(" ")),
+                    ],
+                    headers_to_remove: if self.remove_authorization {
+                        vec!["authorization".to_owned()]
+                    } else {
+                        Vec::new()
+                    },
+                    ..OkHttpResponse::default()
+                };
+                CheckResponse {
+                    status: Some(rpc::Status::default()),
+                    http_response: Some(HttpResponse::OkResponse(ok)),
+                    ..CheckResponse::default()
+                }
             }
-            [value] if !value.contains(',') => value,
-            _ => {
-                return (
-                    unauthenticated(
-                        Some("invalid_request"),
-                        "more than one authorization header",
-                    ),
-                    Check::NoToken,
-                );
-            }
-        };
-        let (scheme, presented) = value.split_once(' ').unwrap_or((value, ""));
-        let presented = presented.trim();
-        if !scheme.eq_ignore_ascii_case("bearer") || presented.is_empty() {
-            return (
-                unauthenticated(
-                    Some("invalid_request"),
-                    "authorization must be `Bearer <token>`",
+            Gate::NoCredential => unauthenticated(challenge, "missing bearer token"),
+            Gate::BadCredential(why) => unauthenticated(challenge, why),
+            // Like Introspect, never say why (RFC 7662 §2.2).
+            Gate::Inactive(_) => unauthenticated(challenge, "bearer token is not active"),
+            Gate::MissingScopes(_, missing) => deny(
+                Code::PermissionDenied,
+                HttpStatusCode::Forbidden,
+                challenge,
+                &format!(
+                    "token lacks the required scopes: {}",
+                    missing.to_names().join(", ")
                 ),
-                Check::NoToken,
-            );
-        }
-        let token = match self
-            .verifier
-            .verify(presented, Lane::Introspect, client_address(check))
-            .await
-        {
-            Ok(Ok(token)) => token,
-            Ok(Err(inactive)) => {
-                tracing::debug!(reason = ?inactive, "ext_authz: token inactive");
-                let outcome = IntrospectOutcome::from(inactive);
-                // Like Introspect, never say why (RFC 7662 §2.2).
-                return (
-                    unauthenticated(Some("invalid_token"), "bearer token is not active"),
-                    Check::Inactive(outcome),
-                );
-            }
-            Err(err) => {
-                // Fail closed, and say it is temporary.
-                let status = Status::from(err);
-                return (
-                    deny(
-                        Code::Unavailable,
-                        HttpStatusCode::ServiceUnavailable,
-                        None,
-                        status.message(),
-                    ),
-                    Check::StorageError,
-                );
-            }
-        };
-        let missing = required.minus(token.scopes);
-        if !missing.is_empty() {
-            let names = missing.to_names();
-            let challenge = format!(
-                "{REALM}, error=\"insufficient_scope\", scope=\"{}\"",
-                required.to_names().join(" ")
-            );
-            let body = format!("token lacks the required scopes: {}", names.join(", "));
-            return (
+            ),
+            Gate::Misconfigured(unknown) => {
+                tracing::error!(%unknown, "ext_authz: route requires an unknown scope");
                 deny(
-                    Code::PermissionDenied,
-                    HttpStatusCode::Forbidden,
-                    Some(challenge),
-                    &body,
-                ),
-                Check::MissingScopes,
-            );
-        }
-        let ok = OkHttpResponse {
-            headers: vec![
-                header(SUBJECT_HEADER, token.subject().to_owned()),
-                header(ACCOUNT_HEADER, token.account().to_owned()),
-                header(TOKEN_ID_HEADER, token.id().to_owned()),
-                header(SCOPES_HEADER, token.scopes.to_names().join(" ")),
-            ],
-            headers_to_remove: if self.remove_authorization {
-                vec!["authorization".to_owned()]
-            } else {
-                Vec::new()
-            },
-            ..OkHttpResponse::default()
+                    Code::Internal,
+                    HttpStatusCode::InternalServerError,
+                    None,
+                    &format!("authorization is misconfigured: {REQUIRED_SCOPES_KEY}: {unknown}"),
+                )
+            }
+            // Fail closed, and say it is temporary.
+            Gate::Unavailable(err) => deny(
+                Code::Unavailable,
+                HttpStatusCode::ServiceUnavailable,
+                None,
+                Status::from(err).message(),
+            ),
         };
-        let allowed = CheckResponse {
-            status: Some(rpc::Status::default()),
-            http_response: Some(HttpResponse::OkResponse(ok)),
-            ..CheckResponse::default()
-        };
-        (allowed, Check::Allowed)
+        (response, outcome)
     }
 }
 

@@ -8,6 +8,8 @@
 
 pub mod auth;
 pub mod ext_authz;
+pub mod forward_auth;
+pub mod gate;
 pub mod introspection;
 pub mod oauth;
 pub mod peer;

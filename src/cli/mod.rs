@@ -129,6 +129,10 @@ struct ServeArgs {
     /// GET /healthz, e.g. 0.0.0.0:8080 [default: off]
     #[arg(long, env = "PATD_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// Comma-separated networks of the proxies whose X-Forwarded-For, X-Real-IP
+    /// and X-Patd-Required-Scopes forward auth believes, e.g. 10.0.0.0/8 [default: none]
+    #[arg(long, env = "PATD_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Option<Vec<String>>,
     /// How long in-flight calls may finish after SIGTERM, e.g. 10s [default: 10s]
     #[arg(long, env = "PATD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
@@ -229,6 +233,7 @@ impl Cli {
             metrics_listen: serve.and_then(|args| args.metrics_listen),
             health_listen: serve.and_then(|args| args.health_listen),
             http_listen: serve.and_then(|args| args.http_listen),
+            trusted_proxies: serve.and_then(|args| args.trusted_proxies.clone()),
             ext_authz_remove_authorization: serve
                 .and_then(|args| args.ext_authz_remove_authorization),
             tls_cert_file: serve.and_then(|args| args.tls_cert_file.clone()),

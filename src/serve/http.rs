@@ -1,5 +1,6 @@
 //! The HTTP listener (`http_listen`): RFC 7662 introspection at
-//! `POST /oauth2/introspect` and `GET /healthz`, over HTTP/1.1, beside the gRPC
+//! `POST /oauth2/introspect`, forward auth at `/auth` (nginx, Caddy, Traefik)
+//! and `GET /healthz`, over HTTP/1.1, beside the gRPC
 //! port and under the same in-flight guard. Bounded against slow or greedy
 //! clients: header size (431), body size (413), the time to send headers and
 //! body (408), and the number of connections.
@@ -18,6 +19,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::Health;
 use tonic_health::server::HealthService;
 
+use crate::api::forward_auth::{ForwardAuth, is_forward_auth};
 use crate::api::oauth::{HttpAnswer, HttpIntrospection};
 use crate::api::peer::{PeerInfo, canonical};
 use crate::serve::overload::ShedLayer;
@@ -39,6 +41,7 @@ pub const HEALTH_PATH: &str = "/healthz";
 /// What every request needs.
 pub struct HttpState {
     pub introspection: HttpIntrospection,
+    pub forward_auth: ForwardAuth,
     pub health: HealthService,
     pub shed: ShedLayer,
 }
@@ -104,36 +107,49 @@ async fn respond(
     peer: &PeerInfo,
     request: http::Request<Incoming>,
 ) -> http::Response<Full<Bytes>> {
-    match request.uri().path() {
-        HEALTH_PATH => health(state, request.method()).await,
-        INTROSPECT_PATH => {
-            let Some(_permit) = state.shed.try_admit() else {
-                let mut response = plain(
-                    http::StatusCode::SERVICE_UNAVAILABLE,
-                    "server overloaded: too many calls in flight; retry with backoff",
-                );
-                response.headers_mut().insert(
-                    http::header::RETRY_AFTER,
-                    http::HeaderValue::from_static("1"),
-                );
-                return response;
-            };
-            let (parts, body) = request.into_parts();
-            let body = match read_body(body).await {
-                Ok(body) => body,
-                Err(response) => return response,
-            };
-            let answer = state
-                .introspection
-                .answer(&parts.method, &parts.headers, Some(peer), &body)
-                .await;
-            into_response(answer)
-        }
-        _ => plain(
-            http::StatusCode::NOT_FOUND,
-            "patd serves POST /oauth2/introspect and GET /healthz here",
-        ),
+    let path = request.uri().path();
+    if path == HEALTH_PATH {
+        return health(state, request.method()).await;
     }
+    if path != INTROSPECT_PATH && !is_forward_auth(path) {
+        return plain(
+            http::StatusCode::NOT_FOUND,
+            "patd serves POST /oauth2/introspect, /auth and GET /healthz here",
+        );
+    }
+    let Some(_permit) = state.shed.try_admit() else {
+        let mut response = plain(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "server overloaded: too many calls in flight; retry with backoff",
+        );
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        return response;
+    };
+    if is_forward_auth(path) {
+        // The body, if any, is the original request's: not patd's to read.
+        let answer = state
+            .forward_auth
+            .answer(
+                request.uri().query(),
+                request.headers(),
+                peer.remote_addr.map(|addr| addr.ip()),
+            )
+            .await;
+        return into_response(answer);
+    }
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let answer = state
+        .introspection
+        .answer(&parts.method, &parts.headers, Some(peer), &body)
+        .await;
+    into_response(answer)
 }
 
 /// The whole body, bounded in size and time.

@@ -22,9 +22,11 @@ use tonic_health::server::HealthReporter;
 
 use crate::api::auth::Callers;
 use crate::api::ext_authz::ExtAuthzApi;
+use crate::api::forward_auth::ForwardAuth;
 use crate::api::introspection::IntrospectionApi;
 use crate::api::oauth::HttpIntrospection;
 use crate::api::tokens::TokenApi;
+use crate::domain::cidr::CidrList;
 use crate::domain::policy::Policy;
 use crate::domain::token::TokenFormat;
 use crate::proto::introspection_service_server::IntrospectionServiceServer;
@@ -76,6 +78,9 @@ pub struct ServerSettings {
     pub callers: Callers,
     /// Lifetimes and token counts allowed per account.
     pub policy: Policy,
+    /// HTTP forward auth: peers whose `X-Forwarded-For`/`X-Real-IP` and
+    /// `X-Patd-Required-Scopes` are believed (none by default).
+    pub trusted_proxies: CidrList,
 }
 
 impl Default for ServerSettings {
@@ -96,6 +101,7 @@ impl Default for ServerSettings {
             ext_authz_remove_authorization: false,
             callers: Callers::default(),
             policy: Policy::default(),
+            trusted_proxies: CidrList::default(),
         }
     }
 }
@@ -340,6 +346,7 @@ pub async fn run(
         }
         let state = Arc::new(self::http::HttpState {
             introspection: HttpIntrospection::new(verifier.clone(), settings.callers.clone()),
+            forward_auth: ForwardAuth::new(verifier.clone(), settings.trusted_proxies.clone()),
             health: tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
             shed: shed.clone(),
         });

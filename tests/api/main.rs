@@ -14,6 +14,7 @@ mod escalation;
 mod ext_authz;
 mod faults;
 mod fleet;
+mod forward_auth;
 mod hostile;
 mod inputs;
 mod introspection;

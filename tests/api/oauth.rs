@@ -12,14 +12,14 @@ use crate::helpers::{TestApp, with_wrong_checksum};
 use crate::tls::{introspection_for_trusted_only, portal_credential, portal_trusted_settings};
 
 /// An HTTP answer: status, headers (lower-case names), body.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(key, _)| key == name)
@@ -32,7 +32,7 @@ impl Answer {
 }
 
 /// Sends `head` (request line and headers, without the blank line) and `body`.
-async fn send(addr: SocketAddr, head: String, body: Vec<u8>) -> Answer {
+pub async fn send(addr: SocketAddr, head: String, body: Vec<u8>) -> Answer {
     tokio::task::spawn_blocking(move || {
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
         stream
