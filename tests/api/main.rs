@@ -23,6 +23,7 @@ mod logs;
 mod metrics;
 mod oauth;
 mod policy;
+mod proxies;
 mod readme;
 mod server;
 mod storm;
