@@ -23,6 +23,7 @@ use crate::api::forward_auth::{ForwardAuth, is_forward_auth};
 use crate::api::oauth::{HttpAnswer, HttpIntrospection};
 use crate::api::peer::{PeerInfo, canonical};
 use crate::serve::overload::ShedLayer;
+use crate::serve::tls::TlsReloader;
 
 /// Connections served at once; more wait to be accepted.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -46,10 +47,15 @@ pub struct HttpState {
     pub shed: ShedLayer,
 }
 
-/// Serves `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, state: Arc<HttpState>) {
+/// Time a TLS client has to finish its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `listener` (with TLS from `tls` when set: the gRPC port's
+/// certificate, client CA and reloads) until the task is dropped.
+pub async fn serve(listener: TcpListener, tls: Option<Arc<TlsReloader>>, state: Arc<HttpState>) {
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // Held from accept to close, handshake included.
         let permit = connections
             .clone()
             .acquire_owned()
@@ -65,23 +71,51 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let peer = PeerInfo::new(Some(canonical(remote)), None);
-        let service = hyper::service::service_fn(move |request| {
-            let (state, peer) = (state.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(respond(&state, &peer, request).await) }
-        });
+        let (state, tls) = (state.clone(), tls.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, %remote, "http: connection ended");
-            }
+            let Some(tls) = tls else {
+                let peer = PeerInfo::new(Some(canonical(remote)), None);
+                return serve_connection(stream, state, peer).await;
+            };
+            // The gRPC port's settings, speaking HTTP/1.1 here.
+            let mut config = (*tls.config()).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => {
+                        tracing::debug!(error = %err, %remote, "http: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let certs = stream.get_ref().1.peer_certificates().map(|chain| {
+                Arc::new(chain.iter().map(|cert| cert.clone().into_owned()).collect())
+            });
+            let peer = PeerInfo::new(Some(canonical(remote)), certs);
+            serve_connection(stream, state, peer).await;
         });
+    }
+}
+
+async fn serve_connection<Io>(io: Io, state: Arc<HttpState>, peer: PeerInfo)
+where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = peer.remote_addr;
+    let service = hyper::service::service_fn(move |request| {
+        let (state, peer) = (state.clone(), peer.clone());
+        async move { Ok::<_, Infallible>(respond(&state, &peer, request).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(io), service);
+    if let Err(err) = connection.await {
+        tracing::debug!(error = %err, ?remote, "http: connection ended");
     }
 }
 
@@ -191,6 +225,7 @@ async fn health(state: &HttpState, method: &http::Method) -> http::Response<Full
 }
 
 /// For the log line at start.
-pub fn describe(addr: SocketAddr) -> String {
-    format!("http://{addr}{INTROSPECT_PATH}")
+pub fn describe(addr: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}{INTROSPECT_PATH}")
 }

@@ -334,7 +334,7 @@ pub async fn run(
         .clone()
         .map(|tls| AbortOnDrop(tokio::spawn(tls.watch())));
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let (incoming, acceptor) = tls::incoming(listener, tls);
+    let (incoming, acceptor) = tls::incoming(listener, tls.clone());
     let stop_accepting = acceptor.abort_handle();
     let acceptor = AbortOnDrop(acceptor);
 
@@ -342,7 +342,8 @@ pub async fn run(
     let shed = ShedLayer::new(settings.limits.max_in_flight);
     let http_server = http_listener.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "RFC 7662 introspection at {}", self::http::describe(addr));
+            let described = self::http::describe(addr, tls.is_some());
+            tracing::info!(%addr, "RFC 7662 introspection at {described}");
         }
         let state = Arc::new(self::http::HttpState {
             introspection: HttpIntrospection::new(verifier.clone(), settings.callers.clone()),
@@ -350,7 +351,11 @@ pub async fn run(
             health: tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
             shed: shed.clone(),
         });
-        AbortOnDrop(tokio::spawn(self::http::serve(listener, state)))
+        AbortOnDrop(tokio::spawn(self::http::serve(
+            listener,
+            tls.clone(),
+            state,
+        )))
     });
     let stop_http = http_server.as_ref().map(|server| server.0.abort_handle());
 

@@ -182,7 +182,7 @@ impl TlsReloader {
         }))
     }
 
-    fn config(&self) -> Arc<ServerConfig> {
+    pub(crate) fn config(&self) -> Arc<ServerConfig> {
         self.current.read().expect("lock poisoned").1.clone()
     }
 

@@ -461,3 +461,85 @@ fn trusted_caller_configuration_is_checked() {
     let err = Callers::new(vec![], IntrospectionCallers::Trusted).unwrap_err();
     assert!(err.contains("at least one trusted caller"), "{err}");
 }
+
+/// The HTTP port serves TLS with the gRPC port's settings, and a trusted
+/// caller's client certificate admits it to RFC 7662 introspection (curl, as
+/// a resource server would call it).
+#[tokio::test]
+async fn http_introspection_over_tls_admits_a_trusted_client_certificate() {
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let files = TlsFiles::new(&server_ca, Some(&client_ca));
+    let tls = TlsReloader::load(files.settings(Some(ClientAuth::Optional))).unwrap();
+    let callers = Callers::new(
+        vec![TrustedCallerConfig {
+            name: "portal".to_owned(),
+            credential_hash: None,
+            client_cert_dns_name: Some("portal.internal".to_owned()),
+        }],
+        IntrospectionCallers::Trusted,
+    )
+    .unwrap();
+    let settings = ServerSettings {
+        callers,
+        ..TestApp::settings()
+    };
+    let app = TestApp::spawn_with_tls(settings, tls).await;
+    let (secret, _) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    std::fs::write(files.path("ca.pem"), server_ca.pem()).unwrap();
+    let (cert, key) = client_ca.issue("portal.internal");
+    std::fs::write(files.path("portal.crt"), cert).unwrap();
+    std::fs::write(files.path("portal.key"), key).unwrap();
+    let (stranger_cert, stranger_key) = client_ca.issue("stranger.internal");
+    std::fs::write(files.path("stranger.crt"), stranger_cert).unwrap();
+    std::fs::write(files.path("stranger.key"), stranger_key).unwrap();
+    let port = app.http_addr.port();
+    let dir = files.path("");
+    // Blocking: off the runtime the in-process server runs on.
+    let curl = |identity: Option<&'static str>| {
+        let (dir, secret) = (dir.clone(), secret.clone());
+        tokio::task::spawn_blocking(move || curl_introspect(&dir, port, identity, &secret))
+    };
+    let admitted = curl(Some("portal")).await.unwrap();
+    assert!(admitted.ends_with("\n200"), "{admitted}");
+    assert!(admitted.contains(r#""active":true"#), "{admitted}");
+    for refused in [
+        curl(None).await.unwrap(),
+        curl(Some("stranger")).await.unwrap(),
+    ] {
+        assert!(refused.ends_with("\n401"), "{refused}");
+    }
+}
+
+/// `curl` POSTing `secret` to the HTTPS introspection endpoint on `port`,
+/// trusting `dir/ca.pem`, presenting `dir/<identity>.crt` if given: the body,
+/// a newline, the status.
+fn curl_introspect(
+    dir: &std::path::Path,
+    port: u16,
+    identity: Option<&str>,
+    secret: &str,
+) -> String {
+    {
+        let files = dir;
+        let mut command = std::process::Command::new("curl");
+        command
+            .args(["-s", "-w", "\n%{http_code}", "--cacert"])
+            .arg(files.join("ca.pem"))
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")]);
+        if let Some(name) = identity {
+            command
+                .arg("--cert")
+                .arg(files.join(format!("{name}.crt")))
+                .arg("--key")
+                .arg(files.join(format!("{name}.key")));
+        }
+        let output = command
+            .args(["--max-time", "10"])
+            .arg(format!("https://localhost:{port}/oauth2/introspect"))
+            .args(["-d", &format!("token={secret}")])
+            .output()
+            .expect("curl runs (apt-get install curl)");
+        String::from_utf8(output.stdout).unwrap()
+    }
+}
