@@ -568,6 +568,15 @@ fn the_rendered_configuration_is_one_patd_accepts() {
         lookup(&values, "metrics.port").unwrap().as_u64().unwrap(),
         "patd serves metrics where the Service and ServiceMonitor look"
     );
+    assert_eq!(config.http_listen, None, "HTTP is off by default");
+    let http = with(&values, "http.enabled", Some(json!(true)));
+    let config = load_rendered(&http).unwrap_or_else(|err| panic!("{err}"));
+    let listen = config.http_listen.expect("http_listen is rendered");
+    assert_eq!(
+        u64::from(listen.port()),
+        lookup(&values, "http.port").unwrap().as_u64().unwrap(),
+        "patd serves HTTP where the Service looks"
+    );
 }
 
 /// The YAML block that follows `key:` in `text`, up to the next line indented
