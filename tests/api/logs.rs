@@ -76,6 +76,17 @@ async fn no_secret_reaches_the_log(app: TestApp) {
     raw.metadata_mut()
         .insert("authorization", format!("Token {secret}").parse().unwrap());
     let _ = tokens.list_tokens(raw).await;
+    // The HTTP port too: RFC 7662 introspection and forward auth, good and bad.
+    for token in [&secret, &never_issued, &manager] {
+        let form = format!("token={token}");
+        let head =
+            "POST /oauth2/introspect HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded";
+        crate::oauth::send(app.http_addr, head.to_owned(), form.into_bytes()).await;
+        let head = format!("GET /auth?scope=tag:read HTTP/1.1\r\nAuthorization: Bearer {token}");
+        crate::oauth::send(app.http_addr, head, Vec::new()).await;
+        let head = format!("GET /auth?scope=nope HTTP/1.1\r\nAuthorization: Basic {token}");
+        crate::oauth::send(app.http_addr, head, Vec::new()).await;
+    }
 
     let log = logs();
     for secret in [&secret, &never_issued, &manager] {
