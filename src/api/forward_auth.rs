@@ -101,7 +101,14 @@ impl ForwardAuth {
                 .collect(),
             Err(why) => return misconfigured(&format!("the auth URI's query: {why}")),
         };
-        if peer.is_some_and(|peer| self.trusts(peer)) {
+        let from_trusted = peer.is_some_and(|peer| self.trusts(peer));
+        if !from_trusted && headers.contains_key(REQUIRED_SCOPES_HEADER) {
+            // A proxy that names scopes in the header but is not trusted would
+            // otherwise protect its routes with no scope at all: fail closed.
+            // (A client sending it itself only denies itself.)
+            return misconfigured("X-Patd-Required-Scopes came from a peer not in trusted_proxies");
+        }
+        if from_trusted {
             for value in headers.get_all(REQUIRED_SCOPES_HEADER) {
                 let Ok(list) = value.to_str() else {
                     return misconfigured("X-Patd-Required-Scopes is not ASCII");

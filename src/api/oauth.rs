@@ -88,6 +88,8 @@ fn percent_decode(text: &str) -> Result<String, String> {
             b'%' => {
                 let hex = bytes
                     .get(at + 1..at + 3)
+                    // Two hex digits exactly (from_str_radix would take "+F").
+                    .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
                     .and_then(|hex| std::str::from_utf8(hex).ok())
                     .and_then(|hex| u8::from_str_radix(hex, 16).ok())
                     .ok_or_else(|| "a % is not followed by two hex digits".to_owned())?;
@@ -296,6 +298,7 @@ mod tests {
         );
         assert!(parse_form(b"token=%zz").is_err());
         assert!(parse_form(b"token=%4").is_err());
+        assert!(parse_form(b"token=%+F").is_err(), "two hex digits, no sign");
         assert!(parse_form(b"token=%ff%fe").is_err(), "not UTF-8");
         assert!(parse_form(&[b't', 0xff]).is_err());
         assert_eq!(parse_form(b"").unwrap(), []);

@@ -151,7 +151,7 @@ async fn respond(
             "patd serves POST /oauth2/introspect, /auth and GET /healthz here",
         );
     }
-    let Some(_permit) = state.shed.try_admit() else {
+    let overloaded = || {
         let mut response = plain(
             http::StatusCode::SERVICE_UNAVAILABLE,
             "server overloaded: too many calls in flight; retry with backoff",
@@ -160,9 +160,12 @@ async fn respond(
             http::header::RETRY_AFTER,
             http::HeaderValue::from_static("1"),
         );
-        return response;
+        response
     };
     if is_forward_auth(path) {
+        let Some(_permit) = state.shed.try_admit() else {
+            return overloaded();
+        };
         // The body, if any, is the original request's: not patd's to read.
         let answer = state
             .forward_auth
@@ -175,9 +178,15 @@ async fn respond(
         return into_response(answer);
     }
     let (parts, body) = request.into_parts();
+    // The body first (bounded in size and time), the in-flight permit after:
+    // a client that sends its body slowly holds an HTTP connection, never a
+    // permit gRPC calls need.
     let body = match read_body(body).await {
         Ok(body) => body,
         Err(response) => return response,
+    };
+    let Some(_permit) = state.shed.try_admit() else {
+        return overloaded();
     };
     let answer = state
         .introspection
@@ -209,7 +218,12 @@ async fn read_body(body: Incoming) -> Result<Bytes, http::Response<Full<Bytes>>>
 /// 200 only while the server reports SERVING (what gRPC health says of "").
 async fn health(state: &HttpState, method: &http::Method) -> http::Response<Full<Bytes>> {
     if method != http::Method::GET && method != http::Method::HEAD {
-        return plain(http::StatusCode::METHOD_NOT_ALLOWED, "use GET");
+        let mut response = plain(http::StatusCode::METHOD_NOT_ALLOWED, "use GET");
+        response.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD"),
+        );
+        return response;
     }
     let request = tonic::Request::new(HealthCheckRequest::default());
     let serving = state

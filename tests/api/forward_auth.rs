@@ -114,8 +114,8 @@ async fn refusals_say_why_in_the_challenge_only(app: TestApp) {
     assert!(unknown.body.contains("licence:reed"));
 }
 
-/// Not a trusted proxy (the default): what the client's request says about
-/// its address or the scopes it needs changes nothing.
+/// Not a trusted proxy (the default): what the request says about its
+/// address changes nothing, and a scope header fails closed.
 async fn an_untrusted_peer_cannot_pick_its_address_or_scopes(app: TestApp) {
     let (office, _) = app
         .mint_limited(("alice", "acme"), &["tag:read"], None, &["10.0.0.0/8"])
@@ -138,9 +138,10 @@ async fn an_untrusted_peer_cannot_pick_its_address_or_scopes(app: TestApp) {
     )
     .await;
     assert_eq!(
-        answer.status, 200,
-        "an untrusted peer's scope header is ignored"
+        answer.status, 400,
+        "a scope header from an untrusted peer fails closed, never ignored"
     );
+    assert!(answer.body.contains("trusted_proxies"), "{}", answer.body);
 }
 
 async fn a_trusted_proxy_names_the_client_and_the_scopes(app: TestApp) {
