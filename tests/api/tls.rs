@@ -240,19 +240,7 @@ async fn a_trusted_client_certificate_acts_for_any_owner_and_others_do_not() {
     let client_ca = Ca::new("client CA");
     let files = TlsFiles::new(&server_ca, Some(&client_ca));
     let tls = TlsReloader::load(files.settings(Some(ClientAuth::Optional))).unwrap();
-    let callers = Callers::new(
-        vec![TrustedCallerConfig {
-            name: "portal".to_owned(),
-            credential_hash: None,
-            client_cert_dns_name: Some("portal.internal".to_owned()),
-        }],
-        IntrospectionCallers::Any,
-    )
-    .unwrap();
-    let settings = ServerSettings {
-        callers,
-        ..TestApp::settings()
-    };
+    let settings = trusted_by_certificate(IntrospectionCallers::Any);
     let app = TestApp::spawn_with_tls(settings, tls).await;
     let portal = tls_channel(&app, &server_ca, Some(client_ca.issue("portal.internal")))
         .await
@@ -324,6 +312,24 @@ async fn a_trusted_client_certificate_acts_for_any_owner_and_others_do_not() {
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
     assert!(denied.message().contains("only trusted internal callers"));
+}
+
+/// Settings with the test portal as a trusted caller, by its client
+/// certificate's DNS name `portal.internal`.
+fn trusted_by_certificate(introspection: IntrospectionCallers) -> ServerSettings {
+    let callers = Callers::new(
+        vec![TrustedCallerConfig {
+            name: "portal".to_owned(),
+            credential_hash: None,
+            client_cert_dns_name: Some("portal.internal".to_owned()),
+        }],
+        introspection,
+    )
+    .unwrap();
+    ServerSettings {
+        callers,
+        ..TestApp::settings()
+    }
 }
 
 fn trusted_by_credential(credential: &str, introspection: IntrospectionCallers) -> ServerSettings {
@@ -471,19 +477,7 @@ async fn http_introspection_over_tls_admits_a_trusted_client_certificate() {
     let client_ca = Ca::new("client CA");
     let files = TlsFiles::new(&server_ca, Some(&client_ca));
     let tls = TlsReloader::load(files.settings(Some(ClientAuth::Optional))).unwrap();
-    let callers = Callers::new(
-        vec![TrustedCallerConfig {
-            name: "portal".to_owned(),
-            credential_hash: None,
-            client_cert_dns_name: Some("portal.internal".to_owned()),
-        }],
-        IntrospectionCallers::Trusted,
-    )
-    .unwrap();
-    let settings = ServerSettings {
-        callers,
-        ..TestApp::settings()
-    };
+    let settings = trusted_by_certificate(IntrospectionCallers::Trusted);
     let app = TestApp::spawn_with_tls(settings, tls).await;
     let (secret, _) = app.mint(("alice", "acme"), &["tag:read"], None).await;
     std::fs::write(files.path("ca.pem"), server_ca.pem()).unwrap();
