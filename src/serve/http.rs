@@ -1,9 +1,10 @@
 //! The HTTP listener (`http_listen`): RFC 7662 introspection at
 //! `POST /oauth2/introspect`, forward auth at `/auth` (nginx, Caddy, Traefik)
-//! and `GET /healthz`, over HTTP/1.1, beside the gRPC
-//! port and under the same in-flight guard. Bounded against slow or greedy
-//! clients: header size (431), body size (413), the time to send headers and
-//! body (408), and the number of connections.
+//! and `GET /healthz`, over HTTP/1.1 or HTTP/2 (h2c, or `h2` over TLS), beside
+//! the gRPC port and under the same in-flight guard. Bounded against slow or
+//! greedy clients: header size (431), body size (413), the time to send
+//! headers and body (408), a peer that stops reading, connection age, and the
+//! number of connections; drained like gRPC at shutdown.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,8 +13,10 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::Health;
@@ -24,6 +27,7 @@ use crate::api::oauth::{HttpAnswer, HttpIntrospection};
 use crate::api::peer::{PeerInfo, canonical};
 use crate::serve::overload::ShedLayer;
 use crate::serve::tls::TlsReloader;
+use crate::serve::write_deadline::WriteDeadline;
 
 /// Connections served at once; more wait to be accepted.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -49,19 +53,66 @@ pub struct HttpState {
 
 /// Time a TLS client has to finish its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a write may wait on a peer that does not read.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections are closed (gracefully) after this, so that clients behind a
+/// Service rebalance across replicas and no connection lives for ever; then
+/// the requests in flight have the grace to finish.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 60);
+pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
+/// HTTP/2 (h2c or ALPN `h2`): streams per connection, pings for dead peers.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Builder = hyper_util::server::conn::auto::Builder<TokioExecutor>;
+
+/// HTTP/1.1, or HTTP/2 when the client starts with its preface (h2c prior
+/// knowledge, or `h2` negotiated by ALPN).
+fn builder() -> Builder {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT);
+    builder
+}
 
 /// Serves `listener` (with TLS from `tls` when set: the gRPC port's
-/// certificate, client CA and reloads) until the task is dropped.
-pub async fn serve(listener: TcpListener, tls: Option<Arc<TlsReloader>>, state: Arc<HttpState>) {
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+/// certificate, client CA and reloads) until `stopping` turns true; then stops
+/// accepting, lets every connection finish the requests it has begun (idle
+/// ones close at once) and returns once all are closed. Dropping the task
+/// closes every connection at once.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<TlsReloader>>,
+    state: Arc<HttpState>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let builder = builder();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
     loop {
-        // Held from accept to close, handshake included.
-        let permit = connections
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let (stream, remote) = match listener.accept().await {
+        while connections.try_join_next().is_some() {}
+        let accept = async {
+            // Held from accept to close, handshake included.
+            let slot = slots.clone().acquire_owned().await.expect("never closed");
+            (slot, listener.accept().await)
+        };
+        let (slot, accepted) = tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stop| *stop) => break,
+            accepted = accept => accepted,
+        };
+        let (stream, remote) = match accepted {
             Ok(accepted) => accepted,
             Err(err) => {
                 // Out of file descriptors, say: back off rather than spin.
@@ -71,16 +122,17 @@ pub async fn serve(listener: TcpListener, tls: Option<Arc<TlsReloader>>, state: 
             }
         };
         let _ = stream.set_nodelay(true);
-        let (state, tls) = (state.clone(), tls.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
+        let (state, tls, builder) = (state.clone(), tls.clone(), builder.clone());
+        let stopping = stopping.clone();
+        connections.spawn(async move {
+            let _slot = slot;
             let Some(tls) = tls else {
                 let peer = PeerInfo::new(Some(canonical(remote)), None);
-                return serve_connection(stream, state, peer).await;
+                return serve_connection(&builder, stream, state, peer, stopping).await;
             };
-            // The gRPC port's settings, speaking HTTP/1.1 here.
+            // The gRPC port's settings, speaking HTTP here.
             let mut config = (*tls.config()).clone();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
             let stream =
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -95,13 +147,21 @@ pub async fn serve(listener: TcpListener, tls: Option<Arc<TlsReloader>>, state: 
                 Arc::new(chain.iter().map(|cert| cert.clone().into_owned()).collect())
             });
             let peer = PeerInfo::new(Some(canonical(remote)), certs);
-            serve_connection(stream, state, peer).await;
+            serve_connection(&builder, stream, state, peer, stopping).await;
         });
     }
+    // Draining: no new connections; the open ones finish what they began.
+    drop(listener);
+    while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection<Io>(io: Io, state: Arc<HttpState>, peer: PeerInfo)
-where
+async fn serve_connection<Io>(
+    builder: &Builder,
+    io: Io,
+    state: Arc<HttpState>,
+    peer: PeerInfo,
+    mut stopping: watch::Receiver<bool>,
+) where
     Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let remote = peer.remote_addr;
@@ -109,12 +169,27 @@ where
         let (state, peer) = (state.clone(), peer.clone());
         async move { Ok::<_, Infallible>(respond(&state, &peer, request).await) }
     });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .serve_connection(TokioIo::new(io), service);
-    if let Err(err) = connection.await {
+    let io = TokioIo::new(WriteDeadline::new(io, WRITE_TIMEOUT));
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => Some(ended),
+        _ = stopping.wait_for(|stop| *stop) => None,
+        () = tokio::time::sleep(MAX_CONNECTION_AGE) => None,
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None => {
+            // HTTP/1.1: `Connection: close` on the answer in progress, idle
+            // connections at once; HTTP/2: GOAWAY, then the open streams finish.
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(MAX_CONNECTION_AGE_GRACE, connection).await {
+                Ok(ended) => ended,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(err) = ended {
         tracing::debug!(error = %err, ?remote, "http: connection ended");
     }
 }

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod overload;
 pub mod telemetry;
 pub mod tls;
+mod write_deadline;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -340,7 +341,8 @@ pub async fn run(
 
     // One in-flight guard for gRPC and HTTP calls alike.
     let shed = ShedLayer::new(settings.limits.max_in_flight);
-    let http_server = http_listener.map(|listener| {
+    let (stop_http, http_stopping) = tokio::sync::watch::channel(false);
+    let mut http_server = http_listener.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
             let described = self::http::describe(addr, tls.is_some());
             tracing::info!(%addr, "RFC 7662 introspection at {described}");
@@ -355,9 +357,9 @@ pub async fn run(
             listener,
             tls.clone(),
             state,
+            http_stopping.clone(),
         )))
     });
-    let stop_http = http_server.as_ref().map(|server| server.0.abort_handle());
 
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let signal_reporter = reporter.clone();
@@ -374,9 +376,7 @@ pub async fn run(
         signal_feed.close();
         // New connections are refused from now on, not accepted and left hanging.
         stop_accepting.abort();
-        if let Some(stop_http) = stop_http {
-            stop_http.abort();
-        }
+        stop_http.send_replace(true);
         let _ = draining_tx.send(());
     };
 
@@ -484,6 +484,16 @@ pub async fn run(
         }
     };
 
+    // Both ports drain within the one grace.
+    let serve = async {
+        let served = serve.await;
+        if served.is_ok()
+            && let Some(http) = http_server.as_mut()
+        {
+            let _ = (&mut http.0).await;
+        }
+        served
+    };
     tokio::select! {
         result = serve => result.map_err(ServeError::Transport)?,
         () = drain_deadline => {

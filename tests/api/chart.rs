@@ -362,6 +362,9 @@ fn numbers_render_as_helm_prints_them() {
 
 /// The value a template path names: `.Values.a.b` from the root, `.a` from `dot`.
 fn resolve<'a>(path: &str, root: &'a Value, dot: &'a Value) -> Option<&'a Value> {
+    if path == "." {
+        return Some(dot);
+    }
     match path.strip_prefix(".Values.") {
         Some(path) => lookup(root, path),
         None => lookup(dot, path.strip_prefix('.').expect("a path")),
@@ -577,6 +580,21 @@ fn the_rendered_configuration_is_one_patd_accepts() {
         lookup(&values, "http.port").unwrap().as_u64().unwrap(),
         "patd serves HTTP where the Service looks"
     );
+    assert!(
+        config.server.trusted_proxies.is_empty(),
+        "no proxy is trusted by default"
+    );
+    let proxies = with(
+        &http,
+        "http.trustedProxies",
+        Some(json!(["10.0.0.0/8", "fd00::/8"])),
+    );
+    let config = load_rendered(&proxies).unwrap_or_else(|err| panic!("{err}"));
+    let trusted = &config.server.trusted_proxies;
+    assert!(
+        trusted.allows("10.1.2.3".parse().unwrap()) && trusted.allows("fd00::1".parse().unwrap())
+    );
+    assert!(!trusted.allows("192.0.2.1".parse().unwrap()));
 }
 
 /// The YAML block that follows `key:` in `text`, up to the next line indented

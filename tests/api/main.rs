@@ -16,6 +16,7 @@ mod faults;
 mod fleet;
 mod forward_auth;
 mod hostile;
+mod http_port;
 mod inputs;
 mod introspection;
 mod lifecycle;

@@ -302,6 +302,110 @@ async fn a_trusted_caller_names_the_clients_address(app: TestApp) {
     assert_eq!(bad.status, 400);
 }
 
+/// Runs Authlib's resource protector (tests/api/oauth/authlib_resource_server.py)
+/// against `url` as the client `id`/`secret`, one case per `(token, scopes)`;
+/// what the library concluded of each.
+async fn authlib(url: String, id: &str, secret: &str, cases: Vec<(String, &str)>) -> Vec<Value> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/api/oauth/authlib_resource_server.py"
+    );
+    let (id, secret) = (id.to_owned(), secret.to_owned());
+    let input: String = cases
+        .iter()
+        .map(|(token, scopes)| format!("{token} {scopes}\n"))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("python3")
+            .args([script, &url, &id, &secret])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "authlib (pip install authlib requests; .ci/run does): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+/// RFC 7662 as a client library reads it: Authlib authenticates with HTTP
+/// Basic and decides requests from patd's answers as they are.
+async fn an_rfc_7662_client_library_accepts_the_answers(app: TestApp) {
+    let expires = patd::domain::clock::now_micros() + 3_600_000_000;
+    let (reader, record) = app
+        .mint(("alice", "acme"), &["tag:read", "license:read"], None)
+        .await;
+    let (expiring, _) = app
+        .mint(("bob", "acme"), &["tag:read"], Some(expires))
+        .await;
+    let (revoked, _) = app.mint_revoked(("alice", "acme"), &["tag:read"]).await;
+    let url = format!("http://{}/oauth2/introspect", app.http_addr);
+    let cases = vec![
+        (reader.clone(), "tag:read"),
+        (reader.clone(), "-"),
+        (reader.clone(), "license:write"),
+        (expiring.clone(), "tag:read"),
+        (revoked, "tag:read"),
+        ("patd_junk".to_owned(), "-"),
+    ];
+    let seen = authlib(url.clone(), "portal", portal_credential(), cases).await;
+    let verdicts: Vec<&str> = seen
+        .iter()
+        .map(|case| case["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            "allowed",
+            "allowed",
+            "insufficient_scope",
+            "allowed",
+            "invalid_token",
+            "invalid_token"
+        ],
+        "{seen:#?}"
+    );
+    let allowed = &seen[0];
+    assert_eq!(allowed["sub"], json!("alice"));
+    assert_eq!(allowed["scope"], json!("license:read tag:read"));
+    assert_eq!(allowed["token_type"], json!("Bearer"));
+    assert_eq!(allowed["jti"], json!(record.id));
+    assert_eq!(allowed["expires_at"], json!(0), "no exp: never expires");
+    assert_eq!(seen[3]["expires_at"], json!(expires.div_euclid(1_000_000)));
+    for case in &seen {
+        assert_eq!(case["status"], json!(200), "{case}");
+        assert_eq!(case["content_type"], json!("application/json"), "{case}");
+        assert_eq!(case["cache_control"], json!("no-store"), "{case}");
+    }
+    // A wrong client secret: the library hears 401 and allows nothing.
+    let refused = authlib(url, "portal", "patdsvc_wrong", vec![(reader, "-")]).await;
+    assert_eq!(refused[0]["status"], json!(401), "{refused:?}");
+    assert!(
+        refused[0]["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed")
+    );
+}
+
 backend_tests!(
     active_tokens_get_the_rfc_7662_members,
     inactive_tokens_get_active_false_and_nothing_else,
@@ -309,4 +413,5 @@ backend_tests!(
     healthz_says_serving,
     only_trusted_callers_when_so_configured with introspection_for_trusted_only,
     a_trusted_caller_names_the_clients_address with portal_trusted_settings,
+    an_rfc_7662_client_library_accepts_the_answers with introspection_for_trusted_only,
 );
