@@ -58,6 +58,7 @@ fn cache_lookup(c: &mut Criterion) {
         last_used_ip: None,
         rotated_at: None,
         allowed_cidrs: Default::default(),
+        suspended_at: None,
     };
     let hashes: Vec<SecretHash> = (0..TOKENS)
         .map(|i| SecretHash::of(&i.to_string()))

@@ -17,6 +17,7 @@ pub mod rate;
 pub mod refusals;
 pub mod requests;
 pub mod status;
+mod suspension;
 pub mod tokens;
 pub mod watch;
 
@@ -30,6 +31,7 @@ pub fn token_message(record: TokenRecord, now: i64) -> proto::Token {
         TokenState::Active => proto::TokenState::Active,
         TokenState::Expired => proto::TokenState::Expired,
         TokenState::Revoked => proto::TokenState::Revoked,
+        TokenState::Suspended => proto::TokenState::Suspended,
     };
     proto::Token {
         id: record.id,
@@ -46,5 +48,6 @@ pub fn token_message(record: TokenRecord, now: i64) -> proto::Token {
         last_used_ip: record.last_used_ip.unwrap_or_default(),
         rotated_at: record.rotated_at.map(clock::to_timestamp),
         allowed_cidrs: record.allowed_cidrs.to_strings(),
+        suspended_at: record.suspended_at.map(clock::to_timestamp),
     }
 }

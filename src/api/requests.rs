@@ -59,6 +59,7 @@ pub fn list(request: &proto::ListTokensRequest) -> Result<Search, Status> {
             proto::TokenState::Active => Some(TokenState::Active),
             proto::TokenState::Expired => Some(TokenState::Expired),
             proto::TokenState::Revoked => Some(TokenState::Revoked),
+            proto::TokenState::Suspended => Some(TokenState::Suspended),
         },
         created_after: requested_time("created_after", request.created_after.as_ref())?,
         created_before: requested_time("created_before", request.created_before.as_ref())?,

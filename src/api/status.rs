@@ -39,6 +39,7 @@ pub fn inactive_credential(inactive: Inactive) -> Status {
         Inactive::Unknown => "bearer token is not recognised",
         Inactive::Expired => "bearer token has expired",
         Inactive::Revoked => "bearer token has been revoked",
+        Inactive::Suspended => "bearer token is suspended",
         Inactive::AddressNotAllowed => {
             "bearer token may not be used from this address (see its allowed_cidrs)"
         }

@@ -121,9 +121,17 @@ impl TokenApi {
         }
     }
 
+    pub(crate) fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    pub(crate) fn callers(&self) -> &Callers {
+        &self.callers
+    }
+
     /// The caller of `method`, which needs `scope`. A refusal is recorded in the
     /// audit trail within the budgets of [`RefusalBudget`].
-    async fn caller<T>(
+    pub(crate) async fn caller<T>(
         &self,
         request: &Request<T>,
         method: &str,
@@ -308,6 +316,30 @@ impl TokenService for TokenApi {
         let record = revoked.ok_or_else(|| status::not_found(id))?;
         tracing::info!(token_id = %id, revoked_by = %caller.actor.principal, "token revoked");
         Ok(Response::new(token_message(record, now)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn suspend_token(
+        &self,
+        request: Request<proto::SuspendTokenRequest>,
+    ) -> Result<Response<proto::Token>, Status> {
+        self.suspension(request.map(|r| r.id), false).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn resume_token(
+        &self,
+        request: Request<proto::ResumeTokenRequest>,
+    ) -> Result<Response<proto::Token>, Status> {
+        self.suspension(request.map(|r| r.id), true).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn revoke_all_tokens(
+        &self,
+        request: Request<proto::RevokeAllTokensRequest>,
+    ) -> Result<Response<proto::RevokeAllTokensResponse>, Status> {
+        self.revoke_all(request).await
     }
 
     #[tracing::instrument(skip_all)]

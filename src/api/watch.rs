@@ -42,6 +42,8 @@ fn message(change: &Change, cursor: ChangeMark) -> proto::TokenChange {
         ChangeKind::Revoked => proto::ChangeKind::Revoked,
         ChangeKind::Deleted => proto::ChangeKind::Deleted,
         ChangeKind::Rotated => proto::ChangeKind::Rotated,
+        ChangeKind::Suspended => proto::ChangeKind::Suspended,
+        ChangeKind::Resumed => proto::ChangeKind::Resumed,
         ChangeKind::Unknown => proto::ChangeKind::Unspecified,
     };
     proto::TokenChange {

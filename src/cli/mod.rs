@@ -206,10 +206,18 @@ enum AdminTokenCommand {
         #[arg(long, requires = "subject")]
         account: Option<String>,
     },
-    /// Revoke a token by id (idempotent)
+    /// Revoke a token by id (idempotent), or with --subject and --account every
+    /// token of that owner (offboarding; prints how many were revoked)
     Revoke {
         /// The token's id (22 letters and digits)
-        id: String,
+        #[arg(required_unless_present = "subject", conflicts_with = "subject")]
+        id: Option<String>,
+        /// Every token of this subject (with --account)
+        #[arg(long, requires = "account")]
+        subject: Option<String>,
+        /// That subject's account (with --subject)
+        #[arg(long, requires = "subject")]
+        account: Option<String>,
     },
     /// Delete a token by id
     Delete {
@@ -454,7 +462,19 @@ async fn admin_command(config: &Config, store: &Store, command: AdminTokenComman
                 }
             }
         }
-        AdminTokenCommand::Revoke { id } => {
+        AdminTokenCommand::Revoke {
+            id: None,
+            subject: Some(subject),
+            account: Some(account),
+        } => {
+            let owner = Owner::new(&subject, &account)?;
+            let now = clock::now_micros();
+            let revoked = store.revoke_all(&owner, now, &Actor::operator()).await?;
+            out!("{}", revoked.len());
+            Ok(())
+        }
+        AdminTokenCommand::Revoke { id, .. } => {
+            let id = id.ok_or("name a token id, or --subject and --account")?;
             let token = find(store, &id).await?;
             let now = clock::now_micros();
             let revoked = store

@@ -23,6 +23,8 @@ pub enum TokenState {
     Active,
     Expired,
     Revoked,
+    /// Stopped by its owner (or an operator) until resumed; expiry keeps running.
+    Suspended,
 }
 
 impl TokenState {
@@ -31,6 +33,7 @@ impl TokenState {
             TokenState::Active => "active",
             TokenState::Expired => "expired",
             TokenState::Revoked => "revoked",
+            TokenState::Suspended => "suspended",
         }
     }
 }
@@ -55,18 +58,35 @@ pub struct TokenRecord {
     pub rotated_at: Option<i64>,
     /// Client networks the token may be used from; empty: any.
     pub allowed_cidrs: CidrList,
+    /// Set while the token is suspended: since when.
+    pub suspended_at: Option<i64>,
 }
 
 impl TokenRecord {
-    /// Revocation wins over expiry; a token is expired from its `expires_at` on.
+    /// Revocation wins over expiry, expiry over suspension (a suspended token
+    /// that expires meanwhile stays expired when resumed); a token is expired
+    /// from its `expires_at` on.
     pub fn state_at(&self, now: i64) -> TokenState {
-        if self.revoked_at.is_some() {
-            TokenState::Revoked
-        } else if self.expires_at.is_some_and(|expires_at| expires_at <= now) {
-            TokenState::Expired
-        } else {
-            TokenState::Active
-        }
+        state_of(
+            self.revoked_at.is_some(),
+            self.expires_at,
+            self.suspended_at.is_some(),
+            now,
+        )
+    }
+}
+
+/// [`TokenRecord::state_at`] from the facts that decide it (also what the
+/// cache keeps).
+pub fn state_of(revoked: bool, expires_at: Option<i64>, suspended: bool, now: i64) -> TokenState {
+    if revoked {
+        TokenState::Revoked
+    } else if expires_at.is_some_and(|expires_at| expires_at <= now) {
+        TokenState::Expired
+    } else if suspended {
+        TokenState::Suspended
+    } else {
+        TokenState::Active
     }
 }
 
@@ -138,6 +158,7 @@ impl TokenSpec<'_> {
             created_at: now,
             expires_at: self.expires_at,
             revoked_at: None,
+            suspended_at: None,
             last_used_at: None,
             last_used_ip: None,
             rotated_at: None,

@@ -170,18 +170,20 @@ pub enum IntrospectOutcome {
     Unknown,
     Expired,
     Revoked,
+    Suspended,
     /// Outside the token's IP allowlist, or no client address given for it.
     AddressNotAllowed,
     /// Storage could not be asked: the call failed (closed).
     StorageError,
 }
 
-const OUTCOMES: [(IntrospectOutcome, &str); 7] = [
+const OUTCOMES: [(IntrospectOutcome, &str); 8] = [
     (IntrospectOutcome::Active, "active"),
     (IntrospectOutcome::Malformed, "malformed"),
     (IntrospectOutcome::Unknown, "unknown"),
     (IntrospectOutcome::Expired, "expired"),
     (IntrospectOutcome::Revoked, "revoked"),
+    (IntrospectOutcome::Suspended, "suspended"),
     (IntrospectOutcome::AddressNotAllowed, "address_not_allowed"),
     (IntrospectOutcome::StorageError, "storage_error"),
 ];
@@ -216,13 +218,14 @@ pub enum Check {
     Misconfigured,
 }
 
-const CHECKS: [(Check, &str); 10] = [
+const CHECKS: [(Check, &str); 11] = [
     (Check::Allowed, "allowed"),
     (Check::NoToken, "no_token"),
     (Check::Inactive(IntrospectOutcome::Malformed), "malformed"),
     (Check::Inactive(IntrospectOutcome::Unknown), "unknown"),
     (Check::Inactive(IntrospectOutcome::Expired), "expired"),
     (Check::Inactive(IntrospectOutcome::Revoked), "revoked"),
+    (Check::Inactive(IntrospectOutcome::Suspended), "suspended"),
     (
         Check::Inactive(IntrospectOutcome::AddressNotAllowed),
         "address_not_allowed",

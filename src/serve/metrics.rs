@@ -91,11 +91,13 @@ impl Exposition {
                  # TYPE patd_tokens gauge\n\
                  patd_tokens{{state=\"active\"}} {}\n\
                  patd_tokens{{state=\"expired\"}} {}\n\
-                 patd_tokens{{state=\"revoked\"}} {}\n",
+                 patd_tokens{{state=\"revoked\"}} {}\n\
+                 patd_tokens{{state=\"suspended\"}} {}\n",
                 TOKEN_COUNT_MAX_AGE.as_secs(),
                 counts.active,
                 counts.expired,
-                counts.revoked
+                counts.revoked,
+                counts.suspended
             );
         }
         out

@@ -29,6 +29,8 @@ pub enum ChangeKind {
     Deleted,
     /// The secret was replaced; the old one is retired.
     Rotated,
+    Suspended,
+    Resumed,
     /// Recorded before the log said which (an older version's row).
     Unknown,
 }
@@ -39,6 +41,8 @@ impl From<String> for ChangeKind {
             "revoked" => ChangeKind::Revoked,
             "deleted" => ChangeKind::Deleted,
             "rotated" => ChangeKind::Rotated,
+            "suspended" => ChangeKind::Suspended,
+            "resumed" => ChangeKind::Resumed,
             _ => ChangeKind::Unknown,
         }
     }

@@ -19,10 +19,15 @@ pub enum EventKind {
     LeakReported,
     /// A management call was refused (bad credential, missing scope).
     Denied,
+    Suspended,
+    Resumed,
+    /// Every token of one owner was revoked at once (offboarding); each token
+    /// also gets its own `revoked` event.
+    RevokedAll,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Created,
         EventKind::Rotated,
         EventKind::Revoked,
@@ -30,6 +35,9 @@ impl EventKind {
         EventKind::ReuseDetected,
         EventKind::LeakReported,
         EventKind::Denied,
+        EventKind::Suspended,
+        EventKind::Resumed,
+        EventKind::RevokedAll,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +49,9 @@ impl EventKind {
             EventKind::ReuseDetected => "reuse_detected",
             EventKind::LeakReported => "leak_reported",
             EventKind::Denied => "denied",
+            EventKind::Suspended => "suspended",
+            EventKind::Resumed => "resumed",
+            EventKind::RevokedAll => "revoked_all",
         }
     }
 }

@@ -24,6 +24,7 @@ pub use events::{Event, EventKind, EventPage};
 pub use pages::{After, Cursor, HashedPage, Page, SearchPage, SortKey, TokenFilter, TokenOrder};
 pub use rotation::{MAX_RETIRED_SECRETS, Rotated, Rotation};
 pub use stats::{PoolStatus, StoreStats, TokenCounts};
+pub use suspension::Suspended;
 pub use tokens::{HashMatch, StoredToken};
 pub use url::DatabaseUrl;
 
@@ -116,7 +117,7 @@ pub struct Store {
 macro_rules! columns {
     () => {
         "seq, id, name, subject, account, scopes, hint, created_at, expires_at, revoked_at, \
-         last_used_at, last_used_ip, rotated_at, allowed_cidrs"
+         last_used_at, last_used_ip, rotated_at, allowed_cidrs, suspended_at"
     };
 }
 
@@ -158,6 +159,7 @@ mod postgres;
 mod rotation;
 mod sqlite;
 mod stats;
+mod suspension;
 mod tokens;
 mod url;
 

@@ -183,7 +183,14 @@ impl Store {
             Some(TokenState::Revoked) => sql.push_str(" AND revoked_at IS NOT NULL"),
             Some(TokenState::Active) => push(
                 &mut sql,
-                " AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)",
+                " AND revoked_at IS NULL AND suspended_at IS NULL \
+                 AND (expires_at IS NULL OR expires_at > ?)",
+                Param::Int(now),
+            ),
+            Some(TokenState::Suspended) => push(
+                &mut sql,
+                " AND revoked_at IS NULL AND suspended_at IS NOT NULL \
+                 AND (expires_at IS NULL OR expires_at > ?)",
                 Param::Int(now),
             ),
             Some(TokenState::Expired) => push(

@@ -24,6 +24,7 @@ pub struct TokenCounts {
     pub active: i64,
     pub expired: i64,
     pub revoked: i64,
+    pub suspended: i64,
 }
 
 /// The connection pool at one moment.

@@ -27,6 +27,7 @@ pub(super) struct TokenRow {
     pub(super) last_used_ip: Option<String>,
     pub(super) rotated_at: Option<i64>,
     pub(super) allowed_cidrs: String,
+    pub(super) suspended_at: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -55,6 +56,7 @@ impl From<TokenRow> for TokenRecord {
             last_used_ip: row.last_used_ip,
             rotated_at: row.rotated_at,
             allowed_cidrs: CidrList::from_stored(&row.allowed_cidrs),
+            suspended_at: row.suspended_at,
         }
     }
 }
@@ -215,7 +217,7 @@ impl Store {
             "UNION ALL SELECT ",
             "t.seq, t.id, t.name, t.subject, t.account, t.scopes, t.hint, t.created_at, ",
             "t.expires_at, t.revoked_at, t.last_used_at, t.last_used_ip, t.rotated_at, ",
-            "t.allowed_cidrs, r.secret_hash, r.grace_until ",
+            "t.allowed_cidrs, t.suspended_at, r.secret_hash, r.grace_until ",
             "FROM retired_secrets r JOIN tokens t ON t.id = r.token_id WHERE r.secret_hash = $1"
         );
         StoreStats::count(&self.stats.hash_lookups);
@@ -245,16 +247,18 @@ impl Store {
     /// Tokens by state at `now` (a full scan: for metrics, taken rarely).
     pub async fn count_by_state(&self, now: i64) -> StoreResult<TokenCounts> {
         const SQL: &str = "SELECT \
-             COALESCE(SUM(CASE WHEN revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) THEN 1 ELSE 0 END), 0), \
+             COALESCE(SUM(CASE WHEN revoked_at IS NULL AND suspended_at IS NULL AND (expires_at IS NULL OR expires_at > $1) THEN 1 ELSE 0 END), 0), \
              COALESCE(SUM(CASE WHEN revoked_at IS NULL AND expires_at <= $1 THEN 1 ELSE 0 END), 0), \
-             COALESCE(SUM(CASE WHEN revoked_at IS NOT NULL THEN 1 ELSE 0 END), 0) \
+             COALESCE(SUM(CASE WHEN revoked_at IS NOT NULL THEN 1 ELSE 0 END), 0), \
+             COALESCE(SUM(CASE WHEN revoked_at IS NULL AND suspended_at IS NOT NULL AND (expires_at IS NULL OR expires_at > $1) THEN 1 ELSE 0 END), 0) \
              FROM tokens";
-        let (active, expired, revoked): (i64, i64, i64) =
+        let (active, expired, revoked, suspended): (i64, i64, i64, i64) =
             timed!(self, pool => sqlx::query_as(SQL).bind(now).fetch_one(pool).await)?;
         Ok(TokenCounts {
             active,
             expired,
             revoked,
+            suspended,
         })
     }
 

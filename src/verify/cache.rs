@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::domain::authority::Authority;
 use crate::domain::cidr::CidrList;
-use crate::domain::model::{Owner, TokenRecord, TokenState};
+use crate::domain::model::{Owner, TokenRecord, TokenState, state_of};
 use crate::domain::scope::ScopeSet;
 use crate::domain::token::SecretHash;
 
@@ -53,6 +53,7 @@ pub struct CachedToken {
     subject_len: u16,
     pub scopes: ScopeSet,
     revoked: bool,
+    suspended: bool,
     /// The IP allowlist, boxed: most tokens have none, and pay one pointer.
     allowed: Option<Box<CidrList>>,
     /// Seconds since the Unix epoch.
@@ -95,6 +96,7 @@ impl CachedToken {
             subject_len: subject.len() as u16,
             scopes: record.scopes,
             revoked: record.revoked_at.is_some(),
+            suspended: record.suspended_at.is_some(),
             allowed: (!record.allowed_cidrs.is_empty())
                 .then(|| Box::new(record.allowed_cidrs.clone())),
             last_used_secs: AtomicU32::new(
@@ -155,16 +157,9 @@ impl CachedToken {
         (self.expires_at != i64::MAX).then_some(self.expires_at)
     }
 
-    /// Revocation wins over expiry; expired from `expires_at` on (as
-    /// [`TokenRecord::state_at`]).
+    /// As [`TokenRecord::state_at`].
     pub fn state_at(&self, now: i64) -> TokenState {
-        if self.revoked {
-            TokenState::Revoked
-        } else if self.expires_at <= now {
-            TokenState::Expired
-        } else {
-            TokenState::Active
-        }
+        state_of(self.revoked, self.expires_at(), self.suspended, now)
     }
 
     /// Records a use at `now` (microseconds), to the second. Returns true when the
@@ -450,6 +445,7 @@ mod tests {
             last_used_ip: None,
             rotated_at: None,
             allowed_cidrs: Default::default(),
+            suspended_at: None,
         }
     }
 
@@ -478,12 +474,33 @@ mod tests {
             &TokenRecord {
                 expires_at: None,
                 revoked_at: Some(1),
-                ..record
+                ..record.clone()
             },
             0,
         );
         assert_eq!(never.expires_at(), None);
         assert_eq!(never.state_at(i64::MAX - 1), TokenState::Revoked);
+        // Suspended until it expires; revocation wins over both.
+        let suspended = TokenRecord {
+            suspended_at: Some(1),
+            ..record.clone()
+        };
+        let cached = CachedToken::new(9, &suspended, 0);
+        for (now, state) in [
+            (1_999_999, TokenState::Suspended),
+            (2_000_000, TokenState::Expired),
+        ] {
+            assert_eq!(cached.state_at(now), state, "at {now}");
+            assert_eq!(suspended.state_at(now), state, "at {now}");
+        }
+        let both = TokenRecord {
+            revoked_at: Some(2),
+            ..suspended
+        };
+        assert_eq!(
+            CachedToken::new(9, &both, 0).state_at(0),
+            TokenState::Revoked
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::domain::model::{Actor, Owner, TokenRecord, TokenState};
 use crate::domain::token::{Secret, SecretHash, TokenFormat};
 use crate::metrics::{CacheLookup, IntrospectOutcome, Metrics};
 use crate::store::{
-    Event, EventKind, HashMatch, Rotated, Rotation, Store, StoreResult, StoredToken,
+    Event, EventKind, HashMatch, Rotated, Rotation, Store, StoreResult, StoredToken, Suspended,
 };
 use crate::verify::cache::{CacheSettings, Cached, CachedToken, TokenCache};
 
@@ -55,6 +55,7 @@ pub enum Inactive {
     Unknown,
     Expired,
     Revoked,
+    Suspended,
     /// The token has an IP allowlist and the client is outside it (or unknown).
     AddressNotAllowed,
 }
@@ -183,6 +184,7 @@ impl Verifier {
             }
             TokenState::Expired => Ok(Err(Inactive::Expired)),
             TokenState::Revoked => Ok(Err(Inactive::Revoked)),
+            TokenState::Suspended => Ok(Err(Inactive::Suspended)),
         }
     }
 
@@ -372,6 +374,56 @@ impl Verifier {
         .await
     }
 
+    /// Suspends (`authority` `None`) or resumes (checked against `authority`)
+    /// `owner`'s token and drops it from this process's cache, like
+    /// [`Verifier::revoke`]; other replicas hear of it through the change log.
+    pub async fn set_suspended(
+        &self,
+        owner: Owner,
+        id: String,
+        resume_with: Option<Authority>,
+        actor: Actor,
+    ) -> StoreResult<Suspended> {
+        let this = self.clone();
+        run_to_completion(async move {
+            let store = &this.inner.store;
+            let now = clock::now_micros();
+            let done = match &resume_with {
+                None => store.suspend(&owner, &id, now, &actor).await?,
+                Some(authority) => store.resume(&owner, &id, authority, now, &actor).await?,
+            };
+            if let Suspended::Done {
+                hash,
+                changed: true,
+                ..
+            } = &done
+            {
+                this.inner.cache.invalidate(hash);
+                this.inner.catch_up.notify_one();
+            }
+            Ok(done)
+        })
+        .await
+    }
+
+    /// Offboarding: revokes every token of `owner` (see [`Store::revoke_all`])
+    /// and drops each from this process's cache before returning; how many.
+    pub async fn revoke_all(&self, owner: Owner, actor: Actor) -> StoreResult<usize> {
+        let this = self.clone();
+        run_to_completion(async move {
+            let now = clock::now_micros();
+            let revoked = this.inner.store.revoke_all(&owner, now, &actor).await?;
+            for (_, hash) in &revoked {
+                this.inner.cache.invalidate(hash);
+            }
+            if !revoked.is_empty() {
+                this.inner.catch_up.notify_one();
+            }
+            Ok(revoked.len())
+        })
+        .await
+    }
+
     /// Deletes `owner`'s token and drops it from this process's cache, like
     /// [`Verifier::revoke`]. False if there was no such token.
     pub async fn delete(&self, owner: Owner, id: String, actor: Actor) -> StoreResult<bool> {
@@ -397,6 +449,7 @@ impl From<Inactive> for IntrospectOutcome {
             Inactive::Unknown => IntrospectOutcome::Unknown,
             Inactive::Expired => IntrospectOutcome::Expired,
             Inactive::Revoked => IntrospectOutcome::Revoked,
+            Inactive::Suspended => IntrospectOutcome::Suspended,
             Inactive::AddressNotAllowed => IntrospectOutcome::AddressNotAllowed,
         }
     }

@@ -20,7 +20,7 @@ async fn refusals(app: &TestApp) -> Vec<patd::store::Event> {
         .collect()
 }
 
-async fn events(app: &TestApp, reader: &str, page_size: i32) -> Vec<TokenEvent> {
+pub async fn events(app: &TestApp, reader: &str, page_size: i32) -> Vec<TokenEvent> {
     let mut tokens = app.tokens().await;
     let mut all = Vec::new();
     let mut page_token = String::new();

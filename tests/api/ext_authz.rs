@@ -115,7 +115,7 @@ fn raw_check_request(authorizations: &[&str], required_scopes: Option<&str>) -> 
     request
 }
 
-async fn check(app: &TestApp, request: CheckRequest) -> CheckResponse {
+pub async fn check(app: &TestApp, request: CheckRequest) -> CheckResponse {
     AuthorizationClient::new(app.channel().await)
         .check(request)
         .await
@@ -132,7 +132,7 @@ fn allowed(response: &CheckResponse) -> &OkHttpResponse {
 }
 
 /// The gRPC code, HTTP status, `www-authenticate` and body of a denial.
-fn denied(response: &CheckResponse) -> (i32, i32, Option<String>, String) {
+pub fn denied(response: &CheckResponse) -> (i32, i32, Option<String>, String) {
     let code = response.status.as_ref().unwrap().code;
     let Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
         status,

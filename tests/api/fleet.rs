@@ -142,6 +142,132 @@ async fn postgres_a_revocation_through_one_replica_reaches_another_at_once() {
     assert!(p99 < Duration::from_millis(500), "p99 {p99:?}");
 }
 
+/// Suspend on A is seen on B within 1 s, and so is resume; offboarding 1,000
+/// tokens through A under Introspect load on both replicas: no token of the
+/// owner is answered active by A after the call returns, nor by B a second
+/// later.
+#[tokio::test]
+async fn postgres_suspension_and_offboarding_reach_every_replica() {
+    use patd::proto::{ResumeTokenRequest, RevokeAllTokensRequest, SuspendTokenRequest};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let Some((app, a, b, _admin)) = fleet().await else {
+        return;
+    };
+    let manager = app.manager("alice", &["tag:read"]).await;
+    let (secret, record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    assert!(b.is_active(&secret).await, "cached on B");
+    let mut tokens = TokenServiceClient::new(a.channel.clone());
+    let id = record.id.clone();
+    tokens
+        .suspend_token(authed(&manager, SuspendTokenRequest { id: id.clone() }))
+        .await
+        .unwrap();
+    let delay = b.time_until_inactive(&secret, Instant::now()).await;
+    assert!(
+        delay < Duration::from_secs(1),
+        "suspension reached B in {delay:?}"
+    );
+    tokens
+        .resume_token(authed(&manager, ResumeTokenRequest { id }))
+        .await
+        .unwrap();
+    let resumed = Instant::now();
+    while !b.is_active(&secret).await {
+        assert!(
+            resumed.elapsed() < Duration::from_secs(1),
+            "resume never reached B"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    // Offboarding: dave's 1,000 tokens, cached on both replicas.
+    let spec = |index: usize| {
+        let scopes = patd::domain::model::parse_scopes(&["tag:read".to_owned()]).unwrap();
+        let name = format!("dave-{index}");
+        let spec = patd::domain::model::TokenSpec {
+            name: &name,
+            scopes,
+            expires_at: None,
+            allowed_cidrs: Default::default(),
+        };
+        let owner = patd::domain::model::Owner::new("dave", "acme").unwrap();
+        spec.issue(&app.format, owner, patd::domain::clock::now_micros())
+            .unwrap()
+    };
+    let (new, secrets): (Vec<_>, Vec<_>) = (0..1000).map(spec).unzip();
+    app.store.insert_many(&new, None, None).await.unwrap();
+    let secrets: Arc<Vec<String>> =
+        Arc::new(secrets.iter().map(|s| s.expose().to_owned()).collect());
+    let dave = app.manager("dave", &[]).await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    for secret in secrets.iter() {
+        assert!(a.is_active(secret).await && b.is_active(secret).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for worker in 0..4 {
+        let (replica, secrets, stop) = (
+            if worker % 2 == 0 {
+                a.clone()
+            } else {
+                b.clone()
+            },
+            secrets.clone(),
+            stop.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            // (when asked, which replica, active)
+            let mut answers = Vec::new();
+            let mut index = worker;
+            while !stop.load(Ordering::Relaxed) {
+                let asked = Instant::now();
+                let active = replica.is_active(&secrets[index % secrets.len()]).await;
+                answers.push((asked, worker % 2 == 0, active));
+                index += 7;
+            }
+            answers
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let request = RevokeAllTokensRequest {
+        subject: "dave".to_owned(),
+        account: "acme".to_owned(),
+    };
+    let count = TokenServiceClient::new(a.channel.clone())
+        .revoke_all_tokens(authed(&dave, request))
+        .await
+        .unwrap()
+        .into_inner()
+        .revoked_count;
+    let returned = Instant::now();
+    assert_eq!(count, 1001, "his 1,000 tokens and the caller");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut after = 0;
+    for worker in load {
+        for (asked, on_a, active) in worker.await.unwrap() {
+            let settled = if on_a {
+                returned
+            } else {
+                returned + Duration::from_secs(1)
+            };
+            if asked >= settled {
+                after += 1;
+                assert!(!active, "answered active after offboarding (on A: {on_a})");
+            }
+        }
+    }
+    assert!(
+        after > 100,
+        "the load went on after the call: {after} answers"
+    );
+    for secret in secrets.iter() {
+        assert!(!a.is_active(secret).await && !b.is_active(secret).await);
+    }
+}
+
 #[tokio::test]
 async fn postgres_revocations_during_and_after_a_lost_listener_still_arrive() {
     let Some((app, a, b, admin)) = fleet().await else {

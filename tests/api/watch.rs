@@ -1,4 +1,4 @@
-//! WatchChanges: every revoke, delete and rotation, in commit order, with
+//! WatchChanges: every revoke, delete, rotation, suspension and resumption, in commit order, with
 //! heartbeats; resumable from a cursor without gaps or repeats; bounded per
 //! subscriber; admitted as Introspect is.
 
@@ -52,7 +52,7 @@ async fn next_heartbeat(stream: &mut Streaming<TokenChange>) -> TokenChange {
     }
 }
 
-async fn revokes_rotations_and_deletes_arrive_in_commit_order(app: TestApp) {
+async fn revokes_rotations_deletes_and_suspensions_arrive_in_commit_order(app: TestApp) {
     let mut stream = watch(&app, "").await.unwrap();
     let first = next_heartbeat(&mut stream).await;
     assert!(first.token_id.is_empty() && first.at.is_some());
@@ -81,11 +81,30 @@ async fn revokes_rotations_and_deletes_arrive_in_commit_order(app: TestApp) {
         ))
         .await
         .unwrap();
+    let (_, suspended) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    for suspend in [true, false] {
+        let id = suspended.id.clone();
+        if suspend {
+            let request = patd::proto::SuspendTokenRequest { id };
+            tokens
+                .suspend_token(authed(&manager, request))
+                .await
+                .unwrap();
+        } else {
+            let request = patd::proto::ResumeTokenRequest { id };
+            tokens
+                .resume_token(authed(&manager, request))
+                .await
+                .unwrap();
+        }
+    }
     let mut cursors = vec![first.cursor.clone()];
     for (id, kind) in [
         (&revoked.id, ChangeKind::Revoked),
         (&rotated.id, ChangeKind::Rotated),
         (&deleted.id, ChangeKind::Deleted),
+        (&suspended.id, ChangeKind::Suspended),
+        (&suspended.id, ChangeKind::Resumed),
     ] {
         let change = next_change(&mut stream, Duration::from_secs(3)).await;
         assert_eq!(
@@ -106,7 +125,7 @@ async fn revokes_rotations_and_deletes_arrive_in_commit_order(app: TestApp) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let beat = seq(&next_heartbeat(&mut stream).await.cursor);
-        assert!(beat >= seqs[3], "a heartbeat went back: {beat} < {seqs:?}");
+        assert!(beat >= seqs[5], "a heartbeat went back: {beat} < {seqs:?}");
         if beat > seqs[0] {
             break;
         }
@@ -342,7 +361,7 @@ async fn shutdown_ends_streams_so_subscribers_move_on(app: TestApp) {
 }
 
 backend_tests!(
-    revokes_rotations_and_deletes_arrive_in_commit_order,
+    revokes_rotations_deletes_and_suspensions_arrive_in_commit_order,
     a_resumed_stream_gets_every_change_since_its_cursor_once,
     cursors_are_checked_and_old_ones_are_out_of_range,
     a_subscriber_that_stops_reading_is_cut_off_alone,

@@ -374,6 +374,58 @@ impl Client {
         .await
     }
 
+    /// Suspends one of the caller's tokens (idempotent): inactive until resumed.
+    pub async fn suspend_token(&self, id: &str) -> ClientResult<proto::Token> {
+        let id = id.to_owned();
+        self.idempotent(|client| {
+            let message = proto::SuspendTokenRequest { id: id.clone() };
+            async move {
+                Ok(client
+                    .tokens()
+                    .suspend_token(client.request(message))
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Resumes a suspended token (idempotent).
+    pub async fn resume_token(&self, id: &str) -> ClientResult<proto::Token> {
+        let id = id.to_owned();
+        self.idempotent(|client| {
+            let message = proto::ResumeTokenRequest { id: id.clone() };
+            async move {
+                Ok(client
+                    .tokens()
+                    .resume_token(client.request(message))
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Offboarding: revokes every token of one owner; how many this call revoked.
+    pub async fn revoke_all_tokens(&self, subject: &str, account: &str) -> ClientResult<i32> {
+        let message = proto::RevokeAllTokensRequest {
+            subject: subject.to_owned(),
+            account: account.to_owned(),
+        };
+        self.idempotent(|client| {
+            let message = message.clone();
+            async move {
+                Ok(client
+                    .tokens()
+                    .revoke_all_tokens(client.request(message))
+                    .await?
+                    .into_inner()
+                    .revoked_count)
+            }
+        })
+        .await
+    }
+
     pub async fn delete_token(&self, id: &str) -> ClientResult<()> {
         let message = proto::DeleteTokenRequest { id: id.to_owned() };
         self.tokens().delete_token(self.request(message)).await?;

@@ -151,6 +151,7 @@ fn bench_token(fixture: &Fixture, index: u64, scopes: ScopeSet, now: i64) -> New
             created_at: now,
             expires_at: None,
             revoked_at: is_revoked(index).then_some(now),
+            suspended_at: None,
             last_used_at: None,
             last_used_ip: None,
             rotated_at: None,

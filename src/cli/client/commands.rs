@@ -78,6 +78,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                 Some(StateFilter::Active) => proto::TokenState::Active,
                 Some(StateFilter::Expired) => proto::TokenState::Expired,
                 Some(StateFilter::Revoked) => proto::TokenState::Revoked,
+                Some(StateFilter::Suspended) => proto::TokenState::Suspended,
             };
             let order = match order {
                 ListOrder::CreatedDesc => proto::TokenOrder::CreatedDesc,
@@ -262,6 +263,30 @@ pub async fn run(command: ClientCommand) -> ClientResult {
         }
         ClientCommand::Revoke { auth, id } => {
             print_token(&authed(&auth).await?.revoke_token(&id).await?, auth.json);
+            Ok(())
+        }
+        ClientCommand::Suspend { auth, id } => {
+            print_token(&authed(&auth).await?.suspend_token(&id).await?, auth.json);
+            Ok(())
+        }
+        ClientCommand::Resume { auth, id } => {
+            print_token(&authed(&auth).await?.resume_token(&id).await?, auth.json);
+            Ok(())
+        }
+        ClientCommand::RevokeAll {
+            auth,
+            subject,
+            account,
+        } => {
+            let revoked = authed(&auth)
+                .await?
+                .revoke_all_tokens(&subject, &account)
+                .await?;
+            if auth.json {
+                out!("{}", json!({ "revoked_count": revoked }));
+            } else {
+                out!("{revoked}");
+            }
             Ok(())
         }
         ClientCommand::Delete { auth, id } => {

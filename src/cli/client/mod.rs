@@ -175,6 +175,7 @@ pub enum StateFilter {
     Active,
     Expired,
     Revoked,
+    Suspended,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -261,6 +262,32 @@ pub enum ClientCommand {
         auth: AuthArgs,
         /// The token's id (22 letters and digits)
         id: String,
+    },
+    /// Suspend one of your tokens: inactive everywhere until resumed (idempotent)
+    Suspend {
+        #[command(flatten)]
+        auth: AuthArgs,
+        /// The token's id (22 letters and digits)
+        id: String,
+    },
+    /// Resume a suspended token; needs every scope it grants (idempotent)
+    Resume {
+        #[command(flatten)]
+        auth: AuthArgs,
+        /// The token's id (22 letters and digits)
+        id: String,
+    },
+    /// Offboarding: revoke every token of one owner (a trusted caller: anyone's;
+    /// a user token: its own) and print how many were revoked
+    RevokeAll {
+        #[command(flatten)]
+        auth: AuthArgs,
+        /// The subject whose tokens are revoked
+        #[arg(long)]
+        subject: String,
+        /// Its account
+        #[arg(long)]
+        account: String,
     },
     /// Delete one of your tokens
     Delete {

@@ -17,6 +17,7 @@ pub(super) fn state_name(token: &proto::Token) -> &'static str {
         proto::TokenState::Active => "active",
         proto::TokenState::Expired => "expired",
         proto::TokenState::Revoked => "revoked",
+        proto::TokenState::Suspended => "suspended",
         proto::TokenState::Unspecified => "unknown",
     }
 }
