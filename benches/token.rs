@@ -59,6 +59,9 @@ fn cache_lookup(c: &mut Criterion) {
         rotated_at: None,
         allowed_cidrs: Default::default(),
         suspended_at: None,
+        description: String::new(),
+        labels: Default::default(),
+        resources: Default::default(),
     };
     let hashes: Vec<SecretHash> = (0..TOKENS)
         .map(|i| SecretHash::of(&i.to_string()))

@@ -1,8 +1,10 @@
 //! `envoy.service.auth.v3.Authorization/Check`: Envoy's (and Istio's) external
 //! authorization, on the same port. The bearer token comes from the HTTP request's
 //! `authorization` header; the scopes a route needs from the `required_scopes`
-//! context extension (comma-separated). Allowed requests reach the upstream with
-//! the caller's identity in `x-patd-*` headers.
+//! context extension (comma-separated); the resource the request acts on from the
+//! `resource` context extension or, failing that, the `x-patd-resource` request
+//! header (which the gateway must set, overwriting any client's). Allowed
+//! requests reach the upstream with the caller's identity in `x-patd-*` headers.
 
 use envoy_types::ext_authz::v3::CheckRequestExt;
 use envoy_types::ext_authz::v3::pb::{
@@ -21,6 +23,10 @@ use crate::verify::Verifier;
 
 /// The context extension listing the scopes a route requires.
 pub const REQUIRED_SCOPES_KEY: &str = "required_scopes";
+/// The context extension naming the resource a route acts on.
+pub const RESOURCE_KEY: &str = "resource";
+/// The request header naming it, when the route's configuration does not.
+pub const RESOURCE_HEADER: &str = "x-patd-resource";
 pub const SUBJECT_HEADER: &str = "x-patd-subject";
 pub const ACCOUNT_HEADER: &str = "x-patd-account";
 pub const TOKEN_ID_HEADER: &str = "x-patd-token-id";
@@ -47,6 +53,12 @@ impl ExtAuthzApi {
 /// The request's `authorization` header values, from `headers` or, when Envoy
 /// sends raw headers (`encode_raw_headers`), from `header_map`.
 fn authorization_headers(check: &CheckRequest) -> Vec<String> {
+    request_headers(check, "authorization")
+}
+
+/// The values of the request header `name` (lowercase), as
+/// [`authorization_headers`] finds them.
+fn request_headers(check: &CheckRequest, name: &str) -> Vec<String> {
     let Some(http) = check
         .attributes
         .as_ref()
@@ -55,13 +67,13 @@ fn authorization_headers(check: &CheckRequest) -> Vec<String> {
     else {
         return Vec::new();
     };
-    if let Some(value) = http.headers.get("authorization") {
+    if let Some(value) = http.headers.get(name) {
         return vec![value.clone()];
     }
     http.header_map
         .iter()
         .flat_map(|map| &map.headers)
-        .filter(|header| header.key.eq_ignore_ascii_case("authorization"))
+        .filter(|header| header.key.eq_ignore_ascii_case(name))
         .map(|header| {
             if header.raw_value.is_empty() {
                 header.value.clone()
@@ -145,15 +157,23 @@ impl ExtAuthzApi {
                     .collect()
             })
             .unwrap_or_default();
+        let resource_headers = request_headers(check, RESOURCE_HEADER);
+        let resource = match extensions.and_then(|extensions| extensions.get(RESOURCE_KEY)) {
+            Some(resource) => Some(resource.as_str()),
+            None => match resource_headers.as_slice() {
+                [] => None,
+                [one] => Some(one.as_str()),
+                // Two values: which one the upstream acts on is unknown.
+                _ => Some(""),
+            },
+        };
         let values = authorization_headers(check);
         let values: Vec<&str> = values.iter().map(String::as_str).collect();
-        let gate = gate::decide(
-            &self.verifier,
-            &values,
-            &required_names,
-            client_address(check),
-        )
-        .await;
+        let needs = gate::Needs {
+            scopes: &required_names,
+            resource,
+        };
+        let gate = gate::decide(&self.verifier, &values, needs, client_address(check)).await;
         let outcome = gate.check();
         let challenge = gate.challenge();
         let response = match gate {
@@ -191,13 +211,19 @@ impl ExtAuthzApi {
                     missing.to_names().join(", ")
                 ),
             ),
+            Gate::ResourceDenied(_, resource) => deny(
+                Code::PermissionDenied,
+                HttpStatusCode::Forbidden,
+                challenge,
+                &format!("token is not allowed on the resource {resource}"),
+            ),
             Gate::Misconfigured(unknown) => {
-                tracing::error!(%unknown, "ext_authz: route requires an unknown scope");
+                tracing::error!(%unknown, "ext_authz: route requires an unknown scope or resource");
                 deny(
                     Code::Internal,
                     HttpStatusCode::InternalServerError,
                     None,
-                    &format!("authorization is misconfigured: {REQUIRED_SCOPES_KEY}: {unknown}"),
+                    &format!("authorization is misconfigured: {unknown}"),
                 )
             }
             // Fail closed, and say it is temporary.

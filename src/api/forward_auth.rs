@@ -16,6 +16,9 @@ pub const PATH: &str = "/auth";
 /// Scopes a route needs, as a trusted proxy may also name them (space or comma
 /// separated); joined to the `scope` query parameter's.
 pub const REQUIRED_SCOPES_HEADER: &str = "x-patd-required-scopes";
+/// The resource (`type:id`) the request acts on, as a trusted proxy may name it
+/// (else the `resource` query parameter).
+pub const RESOURCE_HEADER: &str = "x-patd-resource";
 pub const SUBJECT_HEADER: &str = "x-patd-subject";
 pub const ACCOUNT_HEADER: &str = "x-patd-account";
 pub const TOKEN_ID_HEADER: &str = "x-patd-token-id";
@@ -93,20 +96,42 @@ impl ForwardAuth {
         // The required scopes are the proxy's configuration, never the
         // client's: the query of the auth URI, and the header only from a
         // trusted proxy (which sets it; a client's copy is ignored otherwise).
-        let mut required: Vec<String> = match parse_form(query.unwrap_or("").as_bytes()) {
-            Ok(fields) => fields
-                .iter()
-                .filter(|(name, _)| name == "scope")
-                .flat_map(|(_, list)| names(list).collect::<Vec<_>>())
-                .collect(),
+        let fields = match parse_form(query.unwrap_or("").as_bytes()) {
+            Ok(fields) => fields,
             Err(why) => return misconfigured(&format!("the auth URI's query: {why}")),
         };
+        let mut required: Vec<String> = fields
+            .iter()
+            .filter(|(name, _)| name == "scope")
+            .flat_map(|(_, list)| names(list).collect::<Vec<_>>())
+            .collect();
+        let mut resources: Vec<String> = fields
+            .into_iter()
+            .filter(|(name, _)| name == "resource")
+            .map(|(_, resource)| resource)
+            .collect();
         let from_trusted = peer.is_some_and(|peer| self.trusts(peer));
-        if !from_trusted && headers.contains_key(REQUIRED_SCOPES_HEADER) {
-            // A proxy that names scopes in the header but is not trusted would
-            // otherwise protect its routes with no scope at all: fail closed.
-            // (A client sending it itself only denies itself.)
-            return misconfigured("X-Patd-Required-Scopes came from a peer not in trusted_proxies");
+        for name in [REQUIRED_SCOPES_HEADER, RESOURCE_HEADER] {
+            if !from_trusted && headers.contains_key(name) {
+                // A proxy that names scopes or the resource in a header but is
+                // not trusted would otherwise protect its routes with less
+                // than it asks: fail closed. (A client sending one itself
+                // only denies itself.)
+                return misconfigured(&format!("{name} came from a peer not in trusted_proxies"));
+            }
+        }
+        if from_trusted && resources.is_empty() {
+            for value in headers.get_all(RESOURCE_HEADER) {
+                let Ok(resource) = value.to_str() else {
+                    return misconfigured("X-Patd-Resource is not ASCII");
+                };
+                resources.push(resource.trim().to_owned());
+            }
+        }
+        if resources.len() > 1 {
+            return misconfigured(
+                "more than one resource named: which one the upstream acts on is unknown",
+            );
         }
         if from_trusted {
             for value in headers.get_all(REQUIRED_SCOPES_HEADER) {
@@ -122,7 +147,11 @@ impl ForwardAuth {
             .map(|value| value.to_str().unwrap_or("\u{fffd}"))
             .collect();
         let client = self.client(headers, peer);
-        let gate = gate::decide(&self.verifier, &values, &required, client).await;
+        let needs = gate::Needs {
+            scopes: &required,
+            resource: resources.first().map(String::as_str),
+        };
+        let gate = gate::decide(&self.verifier, &values, needs, client).await;
         self.verifier.metrics().record_check(gate.check());
         let challenge = match gate {
             // No credential at all is `invalid_request` here, as the proxies'
@@ -160,9 +189,11 @@ impl ForwardAuth {
                     missing.to_names().join(", ")
                 ),
             ),
-            Gate::Misconfigured(unknown) => {
-                return misconfigured(&format!("unknown required scope: {unknown}"));
-            }
+            Gate::ResourceDenied(_, resource) => plain(
+                StatusCode::FORBIDDEN,
+                &format!("the token is not allowed on the resource {resource}\n"),
+            ),
+            Gate::Misconfigured(why) => return misconfigured(&why),
             Gate::Unavailable(err) => {
                 tracing::warn!(error = %err, "forward auth: storage unavailable");
                 let mut answer = plain(

@@ -1,11 +1,13 @@
 //! The decision a gateway asks for: may the request carrying these
-//! `authorization` values, needing these scopes, from this client, pass? Shared
+//! `authorization` values, needing these scopes, on this resource, from this
+//! client, pass? Shared
 //! by Envoy's `Check` (`ext_authz`) and HTTP forward auth (`forward_auth`), which
 //! only differ in how they say the answer.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::domain::resource::Resource;
 use crate::domain::scope::ScopeSet;
 use crate::metrics::{Check, IntrospectOutcome};
 use crate::store::StoreError;
@@ -25,6 +27,9 @@ pub enum Gate {
     Inactive(IntrospectOutcome),
     /// Active, without every required scope: the scopes required.
     MissingScopes(ScopeSet, ScopeSet),
+    /// Active with every scope, but restricted to other resources than the one
+    /// the request acts on (refused like a missing scope); the required scopes.
+    ResourceDenied(ScopeSet, Resource),
     /// The route requires a scope that does not exist: fail closed, loudly.
     Misconfigured(String),
     /// Storage could not be asked: fail closed, temporarily.
@@ -39,6 +44,7 @@ impl Gate {
             Gate::NoCredential | Gate::BadCredential(_) => Check::NoToken,
             Gate::Inactive(outcome) => Check::Inactive(*outcome),
             Gate::MissingScopes(..) => Check::MissingScopes,
+            Gate::ResourceDenied(..) => Check::ResourceDenied,
             Gate::Misconfigured(_) => Check::Misconfigured,
             Gate::Unavailable(_) => Check::StorageError,
         }
@@ -51,7 +57,7 @@ impl Gate {
             Gate::NoCredential => Some(REALM.to_owned()),
             Gate::BadCredential(_) => Some(format!("{REALM}, error=\"invalid_request\"")),
             Gate::Inactive(_) => Some(format!("{REALM}, error=\"invalid_token\"")),
-            Gate::MissingScopes(required, _) => Some(format!(
+            Gate::MissingScopes(required, _) | Gate::ResourceDenied(required, _) => Some(format!(
                 "{REALM}, error=\"insufficient_scope\", scope=\"{}\"",
                 required.to_names().join(" ")
             )),
@@ -60,17 +66,29 @@ impl Gate {
     }
 }
 
+/// What a request needs: scopes by name, and the resource it acts on (a name
+/// still to be checked), both from the gateway's configuration.
+pub struct Needs<'a> {
+    pub scopes: &'a [String],
+    pub resource: Option<&'a str>,
+}
+
 /// Decides for a request with the `authorization` header `values`, needing
-/// the scopes `required_names`, from `client`.
+/// `needs`, from `client`.
 pub async fn decide(
     verifier: &Verifier,
     values: &[&str],
-    required_names: &[String],
+    needs: Needs<'_>,
     client: Option<IpAddr>,
 ) -> Gate {
-    let required = match ScopeSet::parse(required_names) {
+    let required = match ScopeSet::parse(needs.scopes) {
         Ok(required) => required,
-        Err(unknown) => return Gate::Misconfigured(unknown.to_string()),
+        Err(unknown) => return Gate::Misconfigured(format!("required scopes: {unknown}")),
+    };
+    let resource = match needs.resource.map(|name| Resource::parse("resource", name)) {
+        None => None,
+        Some(Ok(resource)) => Some(resource),
+        Some(Err(invalid)) => return Gate::Misconfigured(invalid.to_string()),
     };
     let value = match values {
         [] => return Gate::NoCredential,
@@ -91,9 +109,13 @@ pub async fn decide(
         Err(err) => return Gate::Unavailable(err),
     };
     let missing = required.minus(token.scopes);
-    if missing.is_empty() {
-        Gate::Allowed(token)
-    } else {
-        Gate::MissingScopes(required, missing)
+    if !missing.is_empty() {
+        return Gate::MissingScopes(required, missing);
+    }
+    match resource {
+        Some(resource) if !token.resources().allows(&resource) => {
+            Gate::ResourceDenied(required, resource)
+        }
+        _ => Gate::Allowed(token),
     }
 }

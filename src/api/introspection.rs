@@ -46,7 +46,11 @@ impl IntrospectionService for IntrospectionApi {
         request: Request<proto::IntrospectRequest>,
     ) -> Result<Response<proto::IntrospectResponse>, Status> {
         self.callers.admit_introspection(&request)?;
-        let (required, client) = requests::introspect(request.get_ref())?;
+        let requests::Introspection {
+            required,
+            client,
+            resource,
+        } = requests::introspect(request.get_ref())?;
         let request = request.into_inner();
         let metrics = self.verifier.metrics();
         // Storage errors propagate as UNAVAILABLE/INTERNAL: fail closed.
@@ -76,6 +80,8 @@ impl IntrospectionService for IntrospectionApi {
             expires_at: token.expires_at().map(clock::to_timestamp),
             token_type: TOKEN_TYPE.to_owned(),
             missing_scopes: required.minus(token.scopes).to_names(),
+            resources: token.resources().to_strings(),
+            resource_denied: resource.is_some_and(|resource| !token.resources().allows(&resource)),
         }))
     }
 }

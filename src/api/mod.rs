@@ -19,6 +19,7 @@ pub mod requests;
 pub mod status;
 mod suspension;
 pub mod tokens;
+mod update;
 pub mod watch;
 
 use crate::domain::clock;
@@ -49,5 +50,8 @@ pub fn token_message(record: TokenRecord, now: i64) -> proto::Token {
         rotated_at: record.rotated_at.map(clock::to_timestamp),
         allowed_cidrs: record.allowed_cidrs.to_strings(),
         suspended_at: record.suspended_at.map(clock::to_timestamp),
+        description: record.description,
+        labels: record.labels.to_map(),
+        resources: record.resources.to_strings(),
     }
 }

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::api::auth::Callers;
 use crate::api::peer::PeerInfo;
+use crate::domain::resource::Resource;
 use crate::metrics::IntrospectOutcome;
 use crate::verify::{Lane, Verifier};
 
@@ -239,6 +240,20 @@ impl HttpIntrospection {
                 }
             },
         };
+        // RFC 8707's parameter name: the resource the client acts on.
+        let resource = match field("resource").map(str::trim) {
+            None | Some("") => None,
+            Some(name) => match Resource::parse("resource", name) {
+                Ok(resource) => Some(resource),
+                Err(invalid) => {
+                    return HttpAnswer::error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        &invalid.0,
+                    );
+                }
+            },
+        };
         let metrics = self.verifier.metrics();
         let token = match self.verifier.verify(token, Lane::Introspect, client).await {
             Ok(Ok(token)) => token,
@@ -273,6 +288,15 @@ impl HttpIntrospection {
         answer.insert("jti".into(), token.id().into());
         answer.insert("account".into(), token.account().into());
         answer.insert("name".into(), token.name().into());
+        if !token.resources().is_empty() {
+            answer.insert("resources".into(), token.resources().to_strings().into());
+        }
+        if let Some(resource) = resource {
+            answer.insert(
+                "resource_denied".into(),
+                (!token.resources().allows(&resource)).into(),
+            );
+        }
         HttpAnswer::json(StatusCode::OK, &Value::Object(answer))
     }
 }

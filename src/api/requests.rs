@@ -10,12 +10,14 @@ use tonic::Status;
 
 use crate::domain::cidr::CidrList;
 use crate::domain::clock;
+use crate::domain::labels::{LabelSelector, Labels, validate_description};
 use crate::domain::model::{MAX_NAME_CHARS, Owner, TokenState, parse_scopes};
+use crate::domain::resource::{Resource, ResourceList};
 use crate::domain::scope::ScopeSet;
 use crate::domain::text::{sanitize, validate_filter, validate_text};
 use crate::domain::token::is_valid_id;
 use crate::proto;
-use crate::store::{After, Cursor, SortKey, TokenFilter, TokenOrder};
+use crate::store::{After, Cursor, SortKey, TokenFilter, TokenOrder, TokenUpdate};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -32,6 +34,9 @@ pub struct NewToken {
     pub scopes: ScopeSet,
     pub expires_at: Option<i64>,
     pub allowed_cidrs: CidrList,
+    pub description: String,
+    pub labels: Labels,
+    pub resources: ResourceList,
 }
 
 pub fn create(request: &proto::CreateTokenRequest) -> Result<NewToken, Status> {
@@ -40,7 +45,75 @@ pub fn create(request: &proto::CreateTokenRequest) -> Result<NewToken, Status> {
         scopes: parse_scopes(&request.scopes)?,
         expires_at: requested_expiry(request.expires_at.as_ref())?,
         allowed_cidrs: CidrList::parse(&request.allowed_cidrs)?,
+        description: validate_description(&request.description)?,
+        labels: Labels::parse(&request.labels)?,
+        resources: ResourceList::parse("resources", &request.resources)?,
     })
+}
+
+/// Paths in one update mask, at most (there are three fields to name).
+const MAX_MASK_PATHS: usize = 16;
+
+/// An UpdateToken request (Google AIP-134): the token's id and the fields to set.
+pub fn update(request: &proto::UpdateTokenRequest) -> Result<(String, TokenUpdate), Status> {
+    let id = requested_id(&request.id)?.to_owned();
+    let empty = proto::Token::default();
+    let token = request.token.as_ref().unwrap_or(&empty);
+    if !token.id.is_empty() && token.id != id {
+        return Err(Status::invalid_argument(
+            "token.id must be empty or equal id: a token's id cannot be changed",
+        ));
+    }
+    let paths: Vec<&str> = match &request.update_mask {
+        Some(mask) if !mask.paths.is_empty() => {
+            if mask.paths.len() > MAX_MASK_PATHS {
+                return Err(Status::invalid_argument(format!(
+                    "update_mask: at most {MAX_MASK_PATHS} paths"
+                )));
+            }
+            mask.paths.iter().map(String::as_str).collect()
+        }
+        // No mask: the updatable fields that are set.
+        _ => [
+            ("name", !token.name.is_empty()),
+            ("description", !token.description.is_empty()),
+            ("labels", !token.labels.is_empty()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(path, _)| path)
+        .collect(),
+    };
+    if paths.is_empty() {
+        return Err(Status::invalid_argument(
+            "nothing to update: name update_mask paths (name, description, labels) or set those fields of token",
+        ));
+    }
+    let mut update = TokenUpdate::default();
+    for path in paths {
+        let all = path.trim() == "*";
+        let mut known = all;
+        if all || path == "name" {
+            update.name = Some(validate_text("name", &token.name, MAX_NAME_CHARS)?);
+            known = true;
+        }
+        if all || path == "description" {
+            update.description = Some(validate_description(&token.description)?);
+            known = true;
+        }
+        if all || path == "labels" {
+            update.labels = Some(Labels::parse(&token.labels)?);
+            known = true;
+        }
+        if !known {
+            let shown: String = path.chars().take(60).collect();
+            return Err(Status::invalid_argument(format!(
+                "update_mask: {shown:?} cannot be updated: only name, description and labels can \
+                 (what a token grants is fixed at creation: create a new token instead)"
+            )));
+        }
+    }
+    Ok((id, update))
 }
 
 /// A ListTokens query: filters, order, page size; the page token is decoded
@@ -68,6 +141,7 @@ pub fn list(request: &proto::ListTokensRequest) -> Result<Search, Status> {
         last_used_after: requested_time("last_used_after", request.last_used_after.as_ref())?,
         last_used_before: requested_time("last_used_before", request.last_used_before.as_ref())?,
         name_contains: validate_filter("name_contains", &request.name_contains, MAX_NAME_CHARS)?,
+        label_selector: LabelSelector::parse(&request.label_selector)?,
     };
     let order = match requested_enum::<proto::TokenOrder>("order_by", request.order_by)? {
         proto::TokenOrder::Unspecified | proto::TokenOrder::CreatedDesc => TokenOrder::CreatedDesc,
@@ -192,10 +266,18 @@ pub fn decode_change_cursor(text: &str) -> Option<i64> {
     i64::from_str_radix(hex, 16).ok().filter(|seq| *seq >= 0)
 }
 
-/// An Introspect request: the scopes to report missing, and the client's address.
-pub fn introspect(
-    request: &proto::IntrospectRequest,
-) -> Result<(ScopeSet, Option<IpAddr>), Status> {
+/// An Introspect request, checked.
+#[derive(Debug)]
+pub struct Introspection {
+    /// The scopes to report missing.
+    pub required: ScopeSet,
+    /// The client's address.
+    pub client: Option<IpAddr>,
+    /// The resource the client acts on.
+    pub resource: Option<Resource>,
+}
+
+pub fn introspect(request: &proto::IntrospectRequest) -> Result<Introspection, Status> {
     // A misspelt required scope is the calling service's bug: say so loudly
     // rather than deny every token in silence.
     let required = ScopeSet::parse(&request.required_scopes)
@@ -208,7 +290,15 @@ pub fn introspect(
                 .to_canonical(),
         ),
     };
-    Ok((required, client))
+    let resource = match request.resource.trim() {
+        "" => None,
+        name => Some(Resource::parse("resource", name)?),
+    };
+    Ok(Introspection {
+        required,
+        client,
+        resource,
+    })
 }
 
 /// An enum field of a request: a value this server does not know (a newer

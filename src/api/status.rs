@@ -145,6 +145,7 @@ mod tests {
             lacking_scopes: ScopeSet::parse(["user:write"]).unwrap(),
             networks: None,
             lifetime: None,
+            resources: None,
         };
         let cases = [
             (Rotated::NotFound, Code::NotFound, "no token with id"),

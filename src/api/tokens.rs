@@ -211,6 +211,9 @@ impl TokenService for TokenApi {
             scopes: wanted,
             expires_at,
             allowed_cidrs,
+            description,
+            labels,
+            resources,
         } = requests::create(request.get_ref())?;
         let now = clock::now_micros();
         let account = caller.owner.account.clone();
@@ -225,6 +228,7 @@ impl TokenService for TokenApi {
                 scopes: wanted,
                 allowed_cidrs: &allowed_cidrs,
                 expires_at,
+                resources: &resources,
             })
             .map_err(|exceeds| {
                 Status::permission_denied(format!(
@@ -236,6 +240,9 @@ impl TokenService for TokenApi {
             scopes: wanted,
             expires_at,
             allowed_cidrs,
+            description,
+            labels,
+            resources,
         };
         let (new, secret) = spec.issue(self.verifier.format(), caller.owner, now)?;
         let store = self.verifier.store();
@@ -278,6 +285,14 @@ impl TokenService for TokenApi {
         let search = requests::list(request.get_ref())?;
         self.search(Some(&caller.owner), search, &request.get_ref().page_token)
             .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_token(
+        &self,
+        request: Request<proto::UpdateTokenRequest>,
+    ) -> Result<Response<proto::Token>, Status> {
+        self.update(request).await
     }
 
     #[tracing::instrument(skip_all)]

@@ -44,6 +44,7 @@ fn message(change: &Change, cursor: ChangeMark) -> proto::TokenChange {
         ChangeKind::Rotated => proto::ChangeKind::Rotated,
         ChangeKind::Suspended => proto::ChangeKind::Suspended,
         ChangeKind::Resumed => proto::ChangeKind::Resumed,
+        ChangeKind::Updated => proto::ChangeKind::Updated,
         ChangeKind::Unknown => proto::ChangeKind::Unspecified,
     };
     proto::TokenChange {

@@ -26,7 +26,9 @@ use patd::api::auth::{IntrospectionCallers, generate_service_credential, service
 use patd::config::{Config, Overrides};
 use patd::domain::cidr::CidrList;
 use patd::domain::clock;
+use patd::domain::labels::{Labels, validate_description};
 use patd::domain::model::{Actor, Owner, TokenRecord, TokenSpec, parse_scopes};
+use patd::domain::resource::ResourceList;
 use patd::serve;
 use patd::serve::telemetry::{self, LogFormat};
 use patd::serve::tls::{ClientAuth, TlsReloader};
@@ -417,6 +419,9 @@ async fn admin_command(config: &Config, store: &Store, command: AdminTokenComman
                 scopes: parse_scopes(&token.scopes)?,
                 expires_at: token.expiry_micros()?,
                 allowed_cidrs: CidrList::parse(&token.allowed_cidrs)?,
+                description: validate_description(&token.description)?,
+                labels: Labels::parse(token.labels.iter().map(|(k, v)| (k, v)))?,
+                resources: ResourceList::parse("resources", &token.resources)?,
             };
             let owner = Owner::new(&subject, &account)?;
             let (new, secret) = spec.issue(config.token_format(), owner, now)?;

@@ -9,7 +9,9 @@
 //! - **networks**: a caller limited to an allowlist hands out credentials limited
 //!   to blocks inside its own (no allowlist at all would be wider);
 //! - **lifetime**: a caller that expires hands out credentials that expire no
-//!   later than it does (no expiry at all would be longer).
+//!   later than it does (no expiry at all would be longer);
+//! - **resources**: a caller restricted to resources hands out credentials
+//!   restricted to a non-empty subset of them (no restriction would be wider).
 //!
 //! Trusted internal callers (and the operator's `patd admin`) are unlimited.
 
@@ -17,6 +19,7 @@ use std::fmt;
 
 use crate::domain::cidr::CidrList;
 use crate::domain::clock;
+use crate::domain::resource::ResourceList;
 use crate::domain::scope::ScopeSet;
 
 /// What a caller may hand out.
@@ -27,6 +30,8 @@ pub struct Authority {
     pub allowed_cidrs: CidrList,
     /// `None`: never expires.
     pub expires_at: Option<i64>,
+    /// Empty: every resource.
+    pub resources: ResourceList,
 }
 
 /// The limits of a credential about to be handed out.
@@ -35,6 +40,7 @@ pub struct Grant<'a> {
     pub scopes: ScopeSet,
     pub allowed_cidrs: &'a CidrList,
     pub expires_at: Option<i64>,
+    pub resources: &'a ResourceList,
 }
 
 /// Why a grant exceeds the caller's authority: every way it does, for the message.
@@ -45,6 +51,8 @@ pub struct Exceeds {
     pub networks: Option<CidrList>,
     /// The caller's expiry, when the grant would outlive it.
     pub lifetime: Option<i64>,
+    /// The caller's resources, when the grant is not restricted to some of them.
+    pub resources: Option<ResourceList>,
 }
 
 impl fmt::Display for Exceeds {
@@ -70,6 +78,13 @@ impl fmt::Display for Exceeds {
                 clock::rfc3339(expires_at)
             ));
         }
+        if let Some(resources) = &self.resources {
+            parts.push(format!(
+                "the caller's token is restricted to the resources {}, so the token it hands out \
+                 must be restricted to some of them (set resources)",
+                resources.to_strings().join(", ")
+            ));
+        }
         f.write_str(&parts.join("; "))
     }
 }
@@ -81,6 +96,7 @@ impl Authority {
             scopes: ScopeSet::ALL,
             allowed_cidrs: CidrList::default(),
             expires_at: None,
+            resources: ResourceList::default(),
         }
     }
 
@@ -94,10 +110,12 @@ impl Authority {
             lifetime: self
                 .expires_at
                 .filter(|&limit| grant.expires_at.is_none_or(|expires_at| expires_at > limit)),
+            resources: (!self.resources.covers(grant.resources)).then(|| self.resources.clone()),
         };
         if exceeds.lacking_scopes.is_empty()
             && exceeds.networks.is_none()
             && exceeds.lifetime.is_none()
+            && exceeds.resources.is_none()
         {
             Ok(())
         } else {
@@ -125,17 +143,24 @@ mod tests {
             scopes: scopes(names),
             allowed_cidrs: cidrs(blocks),
             expires_at,
+            resources: ResourceList::default(),
         }
+    }
+
+    fn resources(names: &[&str]) -> ResourceList {
+        ResourceList::parse("resources", names).unwrap()
     }
 
     #[test]
     fn each_limit_is_checked_and_named() {
         let caller = authority(&["license:read", "tag:read"], &["10.0.0.0/8"], Some(1_000));
         let inside = cidrs(&["10.1.0.0/16"]);
+        let every = ResourceList::default();
         let ok = Grant {
             scopes: scopes(&["tag:read"]),
             allowed_cidrs: &inside,
             expires_at: Some(1_000),
+            resources: &every,
         };
         assert_eq!(caller.check(ok), Ok(()));
 
@@ -168,15 +193,44 @@ mod tests {
             assert_eq!(err.lifetime, Some(1_000));
             assert!(err.to_string().contains("must expire no later"), "{err}");
         }
+
+        let restricted = Authority {
+            resources: resources(&["product:a", "product:b"]),
+            ..caller.clone()
+        };
+        let some = resources(&["product:b"]);
+        assert_eq!(
+            restricted.check(Grant {
+                resources: &some,
+                ..ok
+            }),
+            Ok(())
+        );
+        for wider in [every.clone(), resources(&["product:a", "product:c"])] {
+            let err = restricted
+                .check(Grant {
+                    resources: &wider,
+                    ..ok
+                })
+                .unwrap_err();
+            assert_eq!(err.resources, Some(resources(&["product:a", "product:b"])));
+            assert!(
+                err.to_string()
+                    .contains("restricted to the resources product:a, product:b"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
     fn the_unlimited_authority_grants_anything() {
         let anywhere = CidrList::default();
+        let every = ResourceList::default();
         let grant = Grant {
             scopes: ScopeSet::ALL,
             allowed_cidrs: &anywhere,
             expires_at: None,
+            resources: &every,
         };
         assert_eq!(Authority::unlimited().check(grant), Ok(()));
     }
@@ -205,6 +259,13 @@ mod tests {
         })
     }
 
+    fn any_resources() -> impl Strategy<Value = ResourceList> {
+        prop::collection::vec(0u8..5, 0..4).prop_map(|ids| {
+            let names: Vec<String> = ids.iter().map(|id| format!("product:{id}")).collect();
+            ResourceList::parse("resources", &names).unwrap()
+        })
+    }
+
     proptest! {
         /// Whatever the caller and the grant, an accepted grant is inside the
         /// caller in every respect, and a refused one is outside in a way named.
@@ -213,9 +274,10 @@ mod tests {
             held in any_scopes(), asked in any_scopes(),
             held_cidrs in any_cidrs(), asked_cidrs in any_cidrs(),
             held_expiry in prop::option::of(0i64..100), asked_expiry in prop::option::of(0i64..100),
+            held_resources in any_resources(), asked_resources in any_resources(),
         ) {
-            let caller = Authority { scopes: held, allowed_cidrs: held_cidrs.clone(), expires_at: held_expiry };
-            let grant = Grant { scopes: asked, allowed_cidrs: &asked_cidrs, expires_at: asked_expiry };
+            let caller = Authority { scopes: held, allowed_cidrs: held_cidrs.clone(), expires_at: held_expiry, resources: held_resources.clone() };
+            let grant = Grant { scopes: asked, allowed_cidrs: &asked_cidrs, expires_at: asked_expiry, resources: &asked_resources };
             match caller.check(grant) {
                 Ok(()) => {
                     prop_assert!(asked.minus(held).is_empty());
@@ -231,6 +293,12 @@ mod tests {
                     }
                     if let Some(limit) = held_expiry {
                         prop_assert!(asked_expiry.is_some_and(|at| at <= limit));
+                    }
+                    if !held_resources.is_empty() {
+                        prop_assert!(!asked_resources.is_empty());
+                        for name in asked_resources.to_strings() {
+                            prop_assert!(held_resources.to_strings().contains(&name), "{name}");
+                        }
                     }
                 }
                 Err(exceeds) => prop_assert!(!exceeds.to_string().is_empty()),

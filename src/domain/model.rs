@@ -4,6 +4,8 @@
 use crate::domain::cidr::CidrList;
 use crate::domain::clock;
 use crate::domain::error::InvalidArgument;
+use crate::domain::labels::Labels;
+use crate::domain::resource::ResourceList;
 use crate::domain::scope::ScopeSet;
 use crate::domain::text::validate_text;
 use crate::domain::token::{Secret, SecretHash, TokenFormat, generate_id};
@@ -60,6 +62,11 @@ pub struct TokenRecord {
     pub allowed_cidrs: CidrList,
     /// Set while the token is suspended: since when.
     pub suspended_at: Option<i64>,
+    /// What the token is for; empty: not said.
+    pub description: String,
+    pub labels: Labels,
+    /// The resources the token may be used on; empty: every one.
+    pub resources: ResourceList,
 }
 
 impl TokenRecord {
@@ -73,6 +80,16 @@ impl TokenRecord {
             self.suspended_at.is_some(),
             now,
         )
+    }
+
+    /// What handing this token out (again) grants, with `expires_at` as its expiry.
+    pub fn grant(&self, expires_at: Option<i64>) -> crate::domain::authority::Grant<'_> {
+        crate::domain::authority::Grant {
+            scopes: self.scopes,
+            allowed_cidrs: &self.allowed_cidrs,
+            expires_at,
+            resources: &self.resources,
+        }
     }
 }
 
@@ -128,6 +145,9 @@ pub struct TokenSpec<'a> {
     pub scopes: ScopeSet,
     pub expires_at: Option<i64>,
     pub allowed_cidrs: CidrList,
+    pub description: String,
+    pub labels: Labels,
+    pub resources: ResourceList,
 }
 
 impl TokenSpec<'_> {
@@ -163,6 +183,9 @@ impl TokenSpec<'_> {
             last_used_ip: None,
             rotated_at: None,
             allowed_cidrs: self.allowed_cidrs.clone(),
+            description: self.description.clone(),
+            labels: self.labels.clone(),
+            resources: self.resources.clone(),
         };
         let secret_hash = SecretHash::of(secret.expose());
         Ok((
@@ -211,6 +234,9 @@ mod tests {
             scopes: parse_scopes(&scopes).unwrap(),
             expires_at,
             allowed_cidrs: Default::default(),
+            description: String::new(),
+            labels: Default::default(),
+            resources: Default::default(),
         }
     }
 

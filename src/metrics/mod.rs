@@ -213,12 +213,14 @@ pub enum Check {
     NoToken,
     Inactive(IntrospectOutcome),
     MissingScopes,
+    /// Restricted to other resources than the request's.
+    ResourceDenied,
     StorageError,
-    /// The route requires a scope that does not exist.
+    /// The route requires a scope (or names a resource) that does not exist.
     Misconfigured,
 }
 
-const CHECKS: [(Check, &str); 11] = [
+const CHECKS: [(Check, &str); 12] = [
     (Check::Allowed, "allowed"),
     (Check::NoToken, "no_token"),
     (Check::Inactive(IntrospectOutcome::Malformed), "malformed"),
@@ -231,6 +233,7 @@ const CHECKS: [(Check, &str); 11] = [
         "address_not_allowed",
     ),
     (Check::MissingScopes, "missing_scopes"),
+    (Check::ResourceDenied, "resource_denied"),
     (Check::StorageError, "storage_error"),
     (Check::Misconfigured, "misconfigured"),
 ];

@@ -31,6 +31,8 @@ pub enum ChangeKind {
     Rotated,
     Suspended,
     Resumed,
+    /// Renamed (what Introspect answers changed).
+    Updated,
     /// Recorded before the log said which (an older version's row).
     Unknown,
 }
@@ -43,6 +45,7 @@ impl From<String> for ChangeKind {
             "rotated" => ChangeKind::Rotated,
             "suspended" => ChangeKind::Suspended,
             "resumed" => ChangeKind::Resumed,
+            "updated" => ChangeKind::Updated,
             _ => ChangeKind::Unknown,
         }
     }

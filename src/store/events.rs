@@ -24,10 +24,12 @@ pub enum EventKind {
     /// Every token of one owner was revoked at once (offboarding); each token
     /// also gets its own `revoked` event.
     RevokedAll,
+    /// Name, description or labels changed (UpdateToken); the detail names which.
+    Updated,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Created,
         EventKind::Rotated,
         EventKind::Revoked,
@@ -38,6 +40,7 @@ impl EventKind {
         EventKind::Suspended,
         EventKind::Resumed,
         EventKind::RevokedAll,
+        EventKind::Updated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl EventKind {
             EventKind::Suspended => "suspended",
             EventKind::Resumed => "resumed",
             EventKind::RevokedAll => "revoked_all",
+            EventKind::Updated => "updated",
         }
     }
 }

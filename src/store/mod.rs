@@ -1,7 +1,7 @@
 //! Token storage on SQLite (embedded default) or Postgres (shared by a fleet):
 //! this file holds the handle, its errors, connecting and migrating; each
-//! concern has its own file (`tokens`, `rotation`, `events`, `changes`,
-//! `pages`, plus `url`, `error`, `stats`).
+//! concern has its own file (`tokens`, `rotation`, `suspension`, `update`,
+//! `events`, `changes`, `pages`, plus `url`, `error`, `stats`).
 //!
 //! Both backends run the same SQL: `$N` placeholders, `CAST`, `RETURNING` and
 //! integer microsecond timestamps mean the same thing in both, so each query is
@@ -26,6 +26,7 @@ pub use rotation::{MAX_RETIRED_SECRETS, Rotated, Rotation};
 pub use stats::{PoolStatus, StoreStats, TokenCounts};
 pub use suspension::Suspended;
 pub use tokens::{HashMatch, StoredToken};
+pub use update::{TokenUpdate, Updated};
 pub use url::DatabaseUrl;
 
 /// Connection settings common to both backends.
@@ -117,7 +118,8 @@ pub struct Store {
 macro_rules! columns {
     () => {
         "seq, id, name, subject, account, scopes, hint, created_at, expires_at, revoked_at, \
-         last_used_at, last_used_ip, rotated_at, allowed_cidrs, suspended_at"
+         last_used_at, last_used_ip, rotated_at, allowed_cidrs, suspended_at, description, labels, \
+         resources"
     };
 }
 
@@ -149,6 +151,45 @@ macro_rules! insert_event {
     }};
 }
 
+/// Inserts label rows `(token id, key, value)` of tokens already written in
+/// this transaction (at most 500 rows) through `$executor`, inside an
+/// [`on_pool!`] body.
+macro_rules! insert_labels {
+    ($executor:expr, $rows:expr) => {{
+        let rows: &[(&str, &str, &str)] = $rows;
+        if !rows.is_empty() {
+            // Both backends name the columns of a VALUES list column1, column2, ...
+            let sql = format!(
+                "INSERT INTO token_labels (token_seq, account, subject, key, value) \
+                 SELECT t.seq, t.account, t.subject, v.column2, v.column3 \
+                 FROM (VALUES {}) AS v JOIN tokens t ON t.id = v.column1",
+                super::tokens::values_list(rows.len(), 3)
+            );
+            let mut query = sqlx::query(&sql);
+            for (id, key, value) in rows {
+                query = query.bind(*id).bind(*key).bind(*value);
+            }
+            query.execute($executor).await?;
+        }
+    }};
+}
+
+/// `$owner`'s token `$id` with its secret's hash (an `Option<HashedTokenRow>`),
+/// read first inside a change's transaction `$executor`, in an [`on_pool!`] body.
+macro_rules! current_for_owner {
+    ($executor:expr, $owner:expr, $id:expr) => {{
+        let owner: &Owner = $owner;
+        let row: Option<super::tokens::HashedTokenRow> =
+            sqlx::query_as(super::tokens::CURRENT_FOR_OWNER)
+                .bind($id)
+                .bind(&owner.account)
+                .bind(&owner.subject)
+                .fetch_optional($executor)
+                .await?;
+        row
+    }};
+}
+
 // Declared after the macros above, which they use (macros are in scope from
 // where they are defined on).
 mod changes;
@@ -161,6 +202,7 @@ mod sqlite;
 mod stats;
 mod suspension;
 mod tokens;
+mod update;
 mod url;
 
 impl Store {

@@ -2,6 +2,7 @@
 //! by filters and orders with keyset pages (ListTokens), and every token with
 //! its hash (the cache's preload).
 
+use crate::domain::labels::LabelSelector;
 use crate::domain::model::{Owner, TokenRecord, TokenState};
 use crate::domain::token::SecretHash;
 
@@ -88,6 +89,8 @@ pub struct TokenFilter {
     pub last_used_before: Option<i64>,
     /// Case-insensitive substring of the name.
     pub name_contains: Option<String>,
+    /// Labels every token must carry.
+    pub label_selector: LabelSelector,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -226,6 +229,27 @@ impl Store {
                 " AND lower(name) LIKE ? ESCAPE '\\'",
                 Param::Text(format!("%{escaped}%")),
             );
+        }
+        // Each term is an index lookup in token_labels (by owner, key, value).
+        for term in &filter.label_selector.0 {
+            sql.push_str(" AND seq IN (SELECT token_seq FROM token_labels WHERE 1 = 1");
+            if let Some(owner) = owner {
+                push(
+                    &mut sql,
+                    " AND account = ?",
+                    Param::Text(owner.account.clone()),
+                );
+                push(
+                    &mut sql,
+                    " AND subject = ?",
+                    Param::Text(owner.subject.clone()),
+                );
+            }
+            push(&mut sql, " AND key = ?", Param::Text(term.key.clone()));
+            if let Some(value) = &term.value {
+                push(&mut sql, " AND value = ?", Param::Text(value.clone()));
+            }
+            sql.push(')');
         }
         let (key, descending) = order.key(&self.backend);
         let (compare, direction) = if descending {

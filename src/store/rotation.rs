@@ -1,13 +1,13 @@
 //! Rotation: a new secret for an active token, the old one retired (usable for
 //! a grace period), checked against the caller's authority, in one transaction.
 
-use crate::domain::authority::{Authority, Exceeds, Grant};
+use crate::domain::authority::{Authority, Exceeds};
 use crate::domain::model::{Actor, Owner, TokenRecord, TokenState};
 use crate::domain::token::SecretHash;
 
 use super::events::{Event, EventKind};
 use super::stats::StoreStats;
-use super::tokens::{HashedTokenRow, TokenRow};
+use super::tokens::TokenRow;
 use super::{Backend, Store, StoreResult};
 
 /// A rotation to store: see [`Store::rotate`].
@@ -49,11 +49,6 @@ impl Store {
     /// old hash is retired (usable until `grace_until`), all in one transaction.
     #[tracing::instrument(skip_all, fields(token_id = %rotation.id))]
     pub async fn rotate(&self, rotation: &Rotation<'_>) -> StoreResult<Rotated> {
-        const CURRENT: &str = concat!(
-            "SELECT ",
-            columns!(),
-            ", secret_hash FROM tokens WHERE id = $1 AND account = $2 AND subject = $3"
-        );
         // Conditional on the hash read: of two concurrent rotations one wins and
         // the other finds no row, so no secret is replaced without being retired;
         // likewise a rotation racing a revoke or delete finds no row.
@@ -87,12 +82,7 @@ impl Store {
         let begin = self.begin_writing();
         Ok(timed!(self, pool => async {
             let mut tx = pool.begin_with(begin).await?;
-            let current: Option<HashedTokenRow> = sqlx::query_as(CURRENT)
-                .bind(id)
-                .bind(&owner.account)
-                .bind(&owner.subject)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let current = current_for_owner!(&mut *tx, owner, id);
             let Some(current) = current else {
                 return Ok(Rotated::NotFound);
             };
@@ -101,11 +91,7 @@ impl Store {
             if state != TokenState::Active {
                 return Ok(Rotated::Inactive(state));
             }
-            let grant = Grant {
-                scopes: record.scopes,
-                allowed_cidrs: &record.allowed_cidrs,
-                expires_at: expires_at.or(record.expires_at),
-            };
+            let grant = record.grant(expires_at.or(record.expires_at));
             if let Err(exceeds) = authority.check(grant) {
                 return Ok(Rotated::Exceeds(exceeds));
             }

@@ -3,7 +3,7 @@
 //! token of one owner revoked at once. The change log hears of each through
 //! the tokens table's triggers, so every replica forgets the tokens.
 
-use crate::domain::authority::{Authority, Exceeds, Grant};
+use crate::domain::authority::{Authority, Exceeds};
 use crate::domain::model::{Actor, Owner, TokenRecord};
 use crate::domain::token::SecretHash;
 
@@ -63,11 +63,6 @@ impl Store {
         now: i64,
         actor: &Actor,
     ) -> StoreResult<Suspended> {
-        const CURRENT: &str = concat!(
-            "SELECT ",
-            columns!(),
-            ", secret_hash FROM tokens WHERE id = $1 AND account = $2 AND subject = $3"
-        );
         // Conditional on the state read, so that of two concurrent calls one
         // changes the row and records the event, the other finds it done.
         const SUSPEND: &str = concat!(
@@ -84,12 +79,7 @@ impl Store {
         let begin = self.begin_writing();
         Ok(timed!(self, pool => async {
             let mut tx = pool.begin_with(begin).await?;
-            let current: Option<HashedTokenRow> = sqlx::query_as(CURRENT)
-                .bind(id)
-                .bind(&owner.account)
-                .bind(&owner.subject)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let current = current_for_owner!(&mut *tx, owner, id);
             let Some(current) = current else {
                 return Ok(Suspended::NotFound);
             };
@@ -109,11 +99,7 @@ impl Store {
                     // A suspended token cannot be rotated, so what it grants is
                     // what was read: checked before it is handed back.
                     let record: TokenRecord = current.token.clone().into();
-                    let grant = Grant {
-                        scopes: record.scopes,
-                        allowed_cidrs: &record.allowed_cidrs,
-                        expires_at: record.expires_at,
-                    };
+                    let grant = record.grant(record.expires_at);
                     if let Some(Err(exceeds)) = authority.map(|authority| authority.check(grant)) {
                         return Ok(Suspended::Exceeds(exceeds));
                     }

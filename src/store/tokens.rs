@@ -3,7 +3,9 @@
 //! write-behind of last use.
 
 use crate::domain::cidr::CidrList;
+use crate::domain::labels::Labels;
 use crate::domain::model::{Actor, NewToken, Owner, TokenRecord};
+use crate::domain::resource::ResourceList;
 use crate::domain::scope::ScopeSet;
 use crate::domain::token::SecretHash;
 
@@ -28,7 +30,18 @@ pub(super) struct TokenRow {
     pub(super) rotated_at: Option<i64>,
     pub(super) allowed_cidrs: String,
     pub(super) suspended_at: Option<i64>,
+    pub(super) description: String,
+    pub(super) labels: String,
+    pub(super) resources: String,
 }
+
+/// `owner`'s token `id` (`$1`, `$2` account, `$3` subject) with its secret's
+/// hash, as a change reads it first inside its transaction.
+pub(super) const CURRENT_FOR_OWNER: &str = concat!(
+    "SELECT ",
+    columns!(),
+    ", secret_hash FROM tokens WHERE id = $1 AND account = $2 AND subject = $3"
+);
 
 #[derive(sqlx::FromRow)]
 pub(super) struct HashedTokenRow {
@@ -57,6 +70,9 @@ impl From<TokenRow> for TokenRecord {
             rotated_at: row.rotated_at,
             allowed_cidrs: CidrList::from_stored(&row.allowed_cidrs),
             suspended_at: row.suspended_at,
+            description: row.description,
+            labels: Labels::from_stored(&row.labels),
+            resources: ResourceList::from_stored(&row.resources),
         }
     }
 }
@@ -85,8 +101,8 @@ struct MatchedTokenRow {
     grace_until: Option<i64>,
 }
 
-/// `INSERT ... VALUES` rows per statement: 11 parameters each stays well inside
-/// both backends' parameter limits.
+/// `INSERT ... VALUES` rows per statement: 14 parameters each stays well inside
+/// both backends' parameter limits (label rows: 3 each).
 const INSERT_ROWS_PER_STATEMENT: usize = 500;
 /// `last_used_at` updates per statement (3 parameters each).
 const LAST_USED_ROWS_PER_STATEMENT: usize = 500;
@@ -98,7 +114,7 @@ fn placeholders(first: usize, width: usize) -> String {
 }
 
 /// `rows` groups of `width` placeholders, numbered from `$1`.
-fn values_list(rows: usize, width: usize) -> String {
+pub(super) fn values_list(rows: usize, width: usize) -> String {
     let groups: Vec<String> = (0..rows)
         .map(|row| placeholders(row * width + 1, width))
         .collect();
@@ -140,7 +156,8 @@ impl Store {
         max_active: Option<u32>,
     ) -> StoreResult<bool> {
         const COLUMNS: &str = "INSERT INTO tokens (id, secret_hash, name, subject, account, \
-            scopes, hint, created_at, expires_at, revoked_at, allowed_cidrs) VALUES ";
+            scopes, hint, created_at, expires_at, revoked_at, allowed_cidrs, description, labels, \
+            resources) VALUES ";
         const LOCK_OWNER: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
         const ACTIVE: &str = "SELECT COUNT(*) FROM tokens WHERE account = $1 AND subject = $2 \
             AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)";
@@ -169,7 +186,7 @@ impl Store {
                 }
             }
             for chunk in tokens.chunks(INSERT_ROWS_PER_STATEMENT) {
-                let sql = format!("{COLUMNS}{}", values_list(chunk.len(), 11));
+                let sql = format!("{COLUMNS}{}", values_list(chunk.len(), 14));
                 let mut query = sqlx::query(&sql);
                 for new in chunk {
                     let token = &new.record;
@@ -184,10 +201,24 @@ impl Store {
                         .bind(token.created_at)
                         .bind(token.expires_at)
                         .bind(token.revoked_at)
-                        .bind(token.allowed_cidrs.to_stored());
+                        .bind(token.allowed_cidrs.to_stored())
+                        .bind(&token.description)
+                        .bind(token.labels.to_stored())
+                        .bind(token.resources.to_stored());
                 }
                 StoreStats::count(&self.stats.writes);
                 query.execute(&mut *tx).await?;
+            }
+            let labels: Vec<(&str, &str, &str)> = tokens
+                .iter()
+                .flat_map(|new| {
+                    let id = new.record.id.as_str();
+                    new.record.labels.iter().map(move |(key, value)| (id, key, value))
+                })
+                .collect();
+            for chunk in labels.chunks(INSERT_ROWS_PER_STATEMENT) {
+                StoreStats::count(&self.stats.writes);
+                insert_labels!(&mut *tx, chunk);
             }
             if let Some(actor) = actor {
                 for new in tokens {
@@ -217,7 +248,8 @@ impl Store {
             "UNION ALL SELECT ",
             "t.seq, t.id, t.name, t.subject, t.account, t.scopes, t.hint, t.created_at, ",
             "t.expires_at, t.revoked_at, t.last_used_at, t.last_used_ip, t.rotated_at, ",
-            "t.allowed_cidrs, t.suspended_at, r.secret_hash, r.grace_until ",
+            "t.allowed_cidrs, t.suspended_at, t.description, t.labels, t.resources, ",
+            "r.secret_hash, r.grace_until ",
             "FROM retired_secrets r JOIN tokens t ON t.id = r.token_id WHERE r.secret_hash = $1"
         );
         StoreStats::count(&self.stats.hash_lookups);

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use crate::domain::authority::Authority;
 use crate::domain::cidr::CidrList;
 use crate::domain::model::{Owner, TokenRecord, TokenState, state_of};
+use crate::domain::resource::ResourceList;
 use crate::domain::scope::ScopeSet;
 use crate::domain::token::SecretHash;
 
@@ -56,6 +57,8 @@ pub struct CachedToken {
     suspended: bool,
     /// The IP allowlist, boxed: most tokens have none, and pay one pointer.
     allowed: Option<Box<CidrList>>,
+    /// The resources it is restricted to, boxed likewise.
+    resources: Option<Box<ResourceList>>,
     /// Seconds since the Unix epoch.
     last_used_secs: AtomicU32,
     /// Seconds since the cache's origin.
@@ -99,6 +102,7 @@ impl CachedToken {
             suspended: record.suspended_at.is_some(),
             allowed: (!record.allowed_cidrs.is_empty())
                 .then(|| Box::new(record.allowed_cidrs.clone())),
+            resources: (!record.resources.is_empty()).then(|| Box::new(record.resources.clone())),
             last_used_secs: AtomicU32::new(
                 record
                     .last_used_at
@@ -144,11 +148,18 @@ impl CachedToken {
         }
     }
 
+    /// The resources the token may be used on (empty: every one).
+    pub fn resources(&self) -> &ResourceList {
+        static EVERY: ResourceList = ResourceList::EVERY;
+        self.resources.as_deref().unwrap_or(&EVERY)
+    }
+
     /// What this token may hand out (see [`Authority`]).
     pub fn authority(&self) -> Authority {
         Authority {
             scopes: self.scopes,
             allowed_cidrs: self.allowed.as_deref().cloned().unwrap_or_default(),
+            resources: self.resources().clone(),
             expires_at: self.expires_at(),
         }
     }
@@ -446,6 +457,9 @@ mod tests {
             rotated_at: None,
             allowed_cidrs: Default::default(),
             suspended_at: None,
+            description: String::new(),
+            labels: Default::default(),
+            resources: Default::default(),
         }
     }
 

@@ -25,6 +25,7 @@ use crate::domain::token::{Secret, SecretHash, TokenFormat};
 use crate::metrics::{CacheLookup, IntrospectOutcome, Metrics};
 use crate::store::{
     Event, EventKind, HashMatch, Rotated, Rotation, Store, StoreResult, StoredToken, Suspended,
+    TokenUpdate, Updated,
 };
 use crate::verify::cache::{CacheSettings, Cached, CachedToken, TokenCache};
 
@@ -402,6 +403,38 @@ impl Verifier {
                 this.inner.catch_up.notify_one();
             }
             Ok(done)
+        })
+        .await
+    }
+
+    /// Updates `owner`'s token's name, description or labels (see
+    /// [`Store::update`]); a renamed token leaves this process's cache at once
+    /// (its answers carry the name), other replicas' through the change log.
+    pub async fn update(
+        &self,
+        owner: Owner,
+        id: String,
+        update: TokenUpdate,
+        actor: Actor,
+    ) -> StoreResult<Updated> {
+        let this = self.clone();
+        run_to_completion(async move {
+            let now = clock::now_micros();
+            let updated = this
+                .inner
+                .store
+                .update(&owner, &id, &update, now, &actor)
+                .await?;
+            if let Updated::Done {
+                hash,
+                renamed: true,
+                ..
+            } = &updated
+            {
+                this.inner.cache.invalidate(hash);
+                this.inner.catch_up.notify_one();
+            }
+            Ok(updated)
         })
         .await
     }

@@ -115,6 +115,7 @@ async fn a_flood_of_unknown_tokens_leaves_room_for_management_calls(app: TestApp
                 token: token.clone(),
                 required_scopes: vec![],
                 client_ip: String::new(),
+                ..Default::default()
             };
             tokio::spawn(async move { client.introspect(request).await })
         })

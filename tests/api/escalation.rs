@@ -285,6 +285,7 @@ async fn assert_within(
             token: handed_out.secret.clone(),
             required_scopes: vec![],
             client_ip: "127.0.0.1".to_owned(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -350,6 +351,7 @@ async fn random_callers_never_hand_out_more_than_they_hold(app: TestApp) {
                     scopes: scopes.iter().map(|s| s.to_string()).collect(),
                     expires_at: hours(*expires_in_hours).map(clock::to_timestamp),
                     allowed_cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
+                    ..Default::default()
                 };
                 tokens.create_token(authed(&secret, request)).await
             }

@@ -28,6 +28,7 @@ async fn introspect_outcome(app: &TestApp, token: &str) -> Result<bool, Code> {
         token: token.to_owned(),
         required_scopes: vec![],
         client_ip: String::new(),
+        ..Default::default()
     };
     let answer = app.introspection().await.introspect(request).await;
     answer
@@ -67,6 +68,9 @@ async fn mint_with(store: &Store, app: &TestApp) -> (String, patd::domain::model
         scopes,
         expires_at: None,
         allowed_cidrs: Default::default(),
+        description: String::new(),
+        labels: Default::default(),
+        resources: Default::default(),
     };
     let owner = patd::domain::model::Owner::new("alice", "acme").unwrap();
     let (new, secret) = spec
@@ -292,6 +296,7 @@ async fn sqlite_full_disk_refuses_writes_clearly_and_recovers_by_itself() {
             scopes: vec!["tag:read".to_owned()],
             expires_at: None,
             allowed_cidrs: vec![],
+            ..Default::default()
         };
         match tokens.create_token(authed(&manager, request)).await {
             Ok(answer) => created.push(answer.into_inner().secret),
@@ -315,6 +320,7 @@ async fn sqlite_full_disk_refuses_writes_clearly_and_recovers_by_itself() {
         scopes: vec!["tag:read".to_owned()],
         expires_at: None,
         allowed_cidrs: vec![],
+        ..Default::default()
     };
     for n in 0..10 {
         let status = tokens
@@ -366,6 +372,7 @@ async fn sqlite_full_disk_refuses_writes_clearly_and_recovers_by_itself() {
             token: secret.clone(),
             required_scopes: vec![],
             client_ip: String::new(),
+            ..Default::default()
         };
         let answer = introspection
             .introspect(request)

@@ -39,18 +39,18 @@ impl Replica {
     }
 
     async fn is_active(&self, token: &str) -> bool {
+        self.introspect(token).await.active
+    }
+
+    async fn introspect(&self, token: &str) -> patd::proto::IntrospectResponse {
         let request = IntrospectRequest {
             token: token.to_owned(),
             required_scopes: vec![],
             client_ip: String::new(),
+            ..Default::default()
         };
         let mut client = IntrospectionServiceClient::new(self.channel.clone());
-        client
-            .introspect(request)
-            .await
-            .unwrap()
-            .into_inner()
-            .active
+        client.introspect(request).await.unwrap().into_inner()
     }
 
     async fn revoke(&self, manager: &str, id: &str) {
@@ -182,6 +182,28 @@ async fn postgres_suspension_and_offboarding_reach_every_replica() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 
+    // A rename on A: B's cached answer (which carries the name) goes too.
+    assert_eq!(b.introspect(&secret).await.name, "minted");
+    let rename = patd::proto::UpdateTokenRequest {
+        id: record.id.clone(),
+        token: Some(patd::proto::Token {
+            name: "renamed".into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["name".into()],
+        }),
+    };
+    tokens.update_token(authed(&manager, rename)).await.unwrap();
+    let renamed = Instant::now();
+    while b.introspect(&secret).await.name != "renamed" {
+        assert!(
+            renamed.elapsed() < Duration::from_secs(1),
+            "the rename never reached B"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
     // Offboarding: dave's 1,000 tokens, cached on both replicas.
     let spec = |index: usize| {
         let scopes = patd::domain::model::parse_scopes(&["tag:read".to_owned()]).unwrap();
@@ -191,6 +213,9 @@ async fn postgres_suspension_and_offboarding_reach_every_replica() {
             scopes,
             expires_at: None,
             allowed_cidrs: Default::default(),
+            description: String::new(),
+            labels: Default::default(),
+            resources: Default::default(),
         };
         let owner = patd::domain::model::Owner::new("dave", "acme").unwrap();
         spec.issue(&app.format, owner, patd::domain::clock::now_micros())
@@ -386,6 +411,7 @@ async fn postgres_no_migrate_leaves_the_schema_to_a_separate_job() {
             .to_owned(),
         required_scopes: vec![],
         client_ip: String::new(),
+        ..Default::default()
     };
     let status = IntrospectionServiceClient::new(channel.clone())
         .introspect(request)

@@ -422,6 +422,9 @@ impl TestApp {
             scopes: parse_scopes(&scopes).unwrap(),
             expires_at,
             allowed_cidrs: patd::domain::cidr::CidrList::parse(allowed_cidrs).unwrap(),
+            description: String::new(),
+            labels: Default::default(),
+            resources: Default::default(),
         };
         let owner = Owner::new(owner.0, owner.1).unwrap();
         let (new, secret) = spec
@@ -461,6 +464,7 @@ impl TestApp {
             scopes: vec!["tag:read".to_owned()],
             expires_at: None,
             allowed_cidrs: vec![],
+            ..Default::default()
         };
         let response = self
             .tokens()
@@ -481,6 +485,7 @@ impl TestApp {
             token: token.to_owned(),
             required_scopes: required.iter().map(|s| s.to_string()).collect(),
             client_ip: String::new(),
+            ..Default::default()
         };
         let answer = self.introspection().await.introspect(request).await;
         answer

@@ -46,6 +46,7 @@ async fn oversized_messages_are_refused_with_a_clear_status(app: TestApp) {
         token: "x".repeat(1_000_000),
         required_scopes: vec![],
         client_ip: String::new(),
+        ..Default::default()
     };
     let status = app
         .introspection()
@@ -164,6 +165,7 @@ async fn overload_is_refused_fast_and_health_stays_serving(app: TestApp) {
         token: manager.clone(),
         required_scopes: vec![],
         client_ip: String::new(),
+        ..Default::default()
     };
     let refused = app
         .introspection()

@@ -41,6 +41,7 @@ async fn active_token_says_whose_it_is_and_what_it_grants(app: TestApp) {
             expires_at: Some(clock::to_timestamp(expires_at)),
             token_type: "Bearer".to_owned(),
             missing_scopes: vec![],
+            ..Default::default()
         }
     );
 }

@@ -25,6 +25,7 @@ async fn no_secret_reaches_the_log(app: TestApp) {
                 scopes: vec!["tag:read".to_owned()],
                 expires_at: None,
                 allowed_cidrs: vec![],
+                ..Default::default()
             },
         ))
         .await
@@ -48,6 +49,7 @@ async fn no_secret_reaches_the_log(app: TestApp) {
                 token: token.clone(),
                 required_scopes: vec!["tag:read".to_owned()],
                 client_ip: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -69,6 +71,7 @@ async fn no_secret_reaches_the_log(app: TestApp) {
             token: secret.clone(),
             required_scopes: vec![],
             client_ip: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -190,6 +193,7 @@ async fn no_secret_is_stored_anywhere(app: TestApp) {
             scopes: vec!["tag:read".to_owned()],
             expires_at: None,
             allowed_cidrs: vec![],
+            ..Default::default()
         };
         let created = tokens
             .create_token(authed(&manager, request))

@@ -110,6 +110,7 @@ async fn previous_schema_with_tokens(backend: Backend) {
             token: token.secret.clone(),
             required_scopes: vec![],
             client_ip: "127.0.0.1".to_owned(),
+            ..Default::default()
         };
         let answer = app
             .introspection()

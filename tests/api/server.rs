@@ -74,6 +74,7 @@ async fn shutdown_lets_in_flight_calls_finish(app: TestApp) {
             scopes: vec!["tag:read".to_owned()],
             expires_at: None,
             allowed_cidrs: vec![],
+            ..Default::default()
         };
         client.create_token(authed(&manager, request)).await
     });
@@ -170,6 +171,7 @@ async fn reflection_v1_lists_and_describes_every_service(app: TestApp) {
                 file.dependency,
                 vec![
                     "google/protobuf/duration.proto",
+                    "google/protobuf/field_mask.proto",
                     "google/protobuf/timestamp.proto"
                 ]
             );

@@ -83,6 +83,7 @@ async fn storm_worker(
                     token: secret,
                     required_scopes: vec![],
                     client_ip: String::new(),
+                    ..Default::default()
                 };
                 match introspection.introspect(request).await {
                     Ok(answer) => assert!(answer.into_inner().active, "a fresh token is active"),

@@ -401,6 +401,7 @@ async fn introspection_can_be_limited_to_trusted_callers(app: TestApp) {
         token: secret.clone(),
         required_scopes: vec![],
         client_ip: String::new(),
+        ..Default::default()
     };
     let mut client = IntrospectionServiceClient::new(app.channel().await);
     let anonymous = client.introspect(ask()).await.unwrap_err();

@@ -262,6 +262,9 @@ async fn a_subscriber_that_stops_reading_is_cut_off_alone(app: TestApp) {
                 scopes,
                 expires_at: None,
                 allowed_cidrs: Default::default(),
+                description: String::new(),
+                labels: Default::default(),
+                resources: Default::default(),
             }
             .issue(
                 &app.format,

@@ -63,6 +63,8 @@ pub struct Claims {
     pub issued_at: Option<SystemTime>,
     /// `None`: never expires.
     pub expires_at: Option<SystemTime>,
+    /// The resources (`type:id`) the token is restricted to; empty: every one.
+    pub resources: Vec<String>,
 }
 
 impl Principal {
@@ -72,6 +74,12 @@ impl Principal {
 
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|held| held == scope)
+    }
+
+    /// Whether the token may be used on `resource` (`type:id`, exactly as
+    /// patd stores it): always for an unrestricted token.
+    pub fn allows_resource(&self, resource: &str) -> bool {
+        self.resources.is_empty() || self.resources.iter().any(|held| held == resource)
     }
 }
 
@@ -94,6 +102,12 @@ pub enum VerifyError {
         principal: Principal,
         missing: Vec<String>,
     },
+    /// Active with every required scope, but restricted to other resources
+    /// (refuse it like a missing scope: 403).
+    ResourceDenied {
+        principal: Principal,
+        resource: String,
+    },
     /// patd could not be asked: fail closed.
     Unavailable(Status),
 }
@@ -104,6 +118,9 @@ impl std::fmt::Display for VerifyError {
             VerifyError::Inactive => f.write_str("the bearer token is not active"),
             VerifyError::MissingScopes { missing, .. } => {
                 write!(f, "the bearer token lacks {}", missing.join(", "))
+            }
+            VerifyError::ResourceDenied { resource, .. } => {
+                write!(f, "the bearer token is not allowed on {resource}")
             }
             VerifyError::Unavailable(status) => {
                 write!(f, "patd cannot be reached: {}", status.message())
@@ -237,6 +254,28 @@ impl Authenticator {
         check(principal, required_scopes)
     }
 
+    /// [`verify`](Authenticator::verify), for a request acting on `resource`
+    /// (`type:id`): a token restricted to other resources is
+    /// [`VerifyError::ResourceDenied`]. Decided here from the cached answer's
+    /// `resources`, so it costs what `verify` does.
+    pub async fn verify_resource(
+        &self,
+        bearer: &str,
+        required_scopes: &[&str],
+        client_ip: Option<IpAddr>,
+        resource: &str,
+    ) -> Result<Principal, VerifyError> {
+        let principal = self.verify(bearer, required_scopes, client_ip).await?;
+        if principal.allows_resource(resource) {
+            Ok(principal)
+        } else {
+            Err(VerifyError::ResourceDenied {
+                principal,
+                resource: resource.to_owned(),
+            })
+        }
+    }
+
     /// [`verify`](Authenticator::verify)'s answer if it needs no call: the
     /// token is malformed, or its answer is cached and the cache is trusted.
     /// `None`: only `verify` can tell.
@@ -285,6 +324,7 @@ fn principal_of(answer: crate::proto::IntrospectResponse) -> Principal {
         scopes: answer.scopes,
         issued_at: time(answer.issued_at),
         expires_at: time(answer.expires_at),
+        resources: answer.resources,
     })
 }
 
@@ -480,6 +520,7 @@ mod tests {
             scopes: vec!["license:read".to_owned()],
             issued_at: None,
             expires_at,
+            resources: Vec::new(),
         })
     }
 

@@ -282,11 +282,21 @@ impl Client {
         required_scopes: &[String],
         client_ip: Option<std::net::IpAddr>,
     ) -> ClientResult<proto::IntrospectResponse> {
-        let message = proto::IntrospectRequest {
+        self.introspect_request(proto::IntrospectRequest {
             token: token.to_owned(),
             required_scopes: required_scopes.to_vec(),
             client_ip: client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-        };
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// `Introspect` with every field of the request, e.g. the `resource` the
+    /// client acts on (retried).
+    pub async fn introspect_request(
+        &self,
+        message: proto::IntrospectRequest,
+    ) -> ClientResult<proto::IntrospectResponse> {
         self.idempotent(|client| {
             let message = message.clone();
             async move {
@@ -356,6 +366,29 @@ impl Client {
             }
         })
         .await
+    }
+
+    /// Changes a token's name, description or labels (the fields named in
+    /// `paths`, from `token`). Not retried: it is not idempotent with other
+    /// updates in between.
+    pub async fn update_token(
+        &self,
+        id: &str,
+        token: proto::Token,
+        paths: &[&str],
+    ) -> ClientResult<proto::Token> {
+        let message = proto::UpdateTokenRequest {
+            id: id.to_owned(),
+            token: Some(token),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|path| (*path).to_owned()).collect(),
+            }),
+        };
+        Ok(self
+            .tokens()
+            .update_token(self.request(message))
+            .await?
+            .into_inner())
     }
 
     /// Revoking is idempotent, so it is retried too.

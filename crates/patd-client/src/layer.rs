@@ -186,6 +186,8 @@ impl AuthLayer {
             VerifyError::MissingScopes { missing, .. } => {
                 Refusal::Forbidden(&self.required, missing)
             }
+            // The layer checks no resource; a handler that does refuses alike.
+            VerifyError::ResourceDenied { .. } => Refusal::Forbidden(&self.required, Vec::new()),
             VerifyError::Unavailable(_) => Refusal::Unavailable,
         }
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
-use patd::proto::{IntrospectRequest, IntrospectResponse};
+use patd::proto::{IntrospectRequest, IntrospectResponse, ListTokensRequest, ListTokensResponse};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
@@ -36,6 +36,8 @@ impl Rng {
 pub(super) enum Expect {
     Active(bool),
     Serving,
+    /// A ListTokens page of this many tokens.
+    Listed(usize),
 }
 
 /// One call: the pre-encoded gRPC frame and the answer it must get.
@@ -43,6 +45,8 @@ pub(super) enum Expect {
 pub(super) struct Call {
     pub(super) frame: Bytes,
     pub(super) expect: Expect,
+    /// `authorization` metadata, for management calls.
+    pub(super) authorization: Option<http::HeaderValue>,
 }
 
 pub(super) fn grpc_frame(message: &impl Message) -> Bytes {
@@ -61,6 +65,43 @@ pub(super) fn introspect_call(token: String, active: bool) -> Call {
             ..IntrospectRequest::default()
         }),
         expect: Expect::Active(active),
+        authorization: None,
+    }
+}
+
+/// An Introspect naming the resource the client acts on (the bench tokens
+/// are unrestricted, so the answer is active and not denied).
+fn resource_call(token: String) -> Call {
+    Call {
+        frame: grpc_frame(&IntrospectRequest {
+            token,
+            required_scopes: vec!["license:read".to_owned()],
+            resource: "product:PR-7".to_owned(),
+            ..IntrospectRequest::default()
+        }),
+        expect: Expect::Active(true),
+        authorization: None,
+    }
+}
+
+/// The first ListTokens page (50) of `user-0`, as its manager, with `selector`;
+/// expected to hold the seeded tokens that match (computed from the seed).
+pub(super) fn list_call(manager: &str, selector: &str, tokens: u64) -> Call {
+    let parsed = patd::domain::labels::LabelSelector::parse(selector).expect("a bench selector");
+    let matching = (0..tokens)
+        .step_by(OWNERS as usize)
+        .filter(|index| parsed.matches(&bench_labels(*index)))
+        .count();
+    // The manager itself has no labels: listed only without a selector.
+    let matching = matching + usize::from(selector.is_empty());
+    Call {
+        frame: grpc_frame(&ListTokensRequest {
+            page_size: 50,
+            label_selector: selector.to_owned(),
+            ..ListTokensRequest::default()
+        }),
+        expect: Expect::Listed(matching.min(50)),
+        authorization: Some(format!("Bearer {manager}").parse().expect("ASCII")),
     }
 }
 
@@ -78,6 +119,12 @@ pub(super) fn calls_for(
         Mix::Hot => (0..hot_set.min(active))
             .map(|n| introspect_call(fixture.secret(active_index(n)), true))
             .collect(),
+        Mix::HotResource => (0..hot_set.min(active))
+            .map(|n| resource_call(fixture.secret(active_index(n))))
+            .collect(),
+        Mix::List | Mix::ListTeam | Mix::ListEnv | Mix::ListCanary => {
+            unreachable!("ListTokens mixes are built by list_call")
+        }
         Mix::Cold => (0..active)
             .map(|n| introspect_call(fixture.secret(active_index(n)), true))
             .collect(),
@@ -114,6 +161,7 @@ pub(super) fn check_calls() -> Vec<Call> {
     vec![Call {
         frame: grpc_frame(&request),
         expect: Expect::Serving,
+        authorization: None,
     }]
 }
 
@@ -180,10 +228,13 @@ pub(super) async fn unary(
     uri: &http::Uri,
     call: &Call,
 ) -> Result<bool, Box<dyn Error + Send + Sync>> {
-    let request = http::Request::post(uri.clone())
+    let mut request = http::Request::post(uri.clone())
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())?;
+        .header("te", "trailers");
+    if let Some(authorization) = &call.authorization {
+        request = request.header("authorization", authorization.clone());
+    }
+    let request = request.body(())?;
     let mut send = send.clone().ready().await?;
     let (response, mut stream) = send.send_request(request, false)?;
     stream.send_data(call.frame.clone(), true)?;
@@ -209,6 +260,7 @@ pub(super) async fn unary(
     Ok(match call.expect {
         Expect::Active(expected) => IntrospectResponse::decode(message)?.active == expected,
         Expect::Serving => HealthCheckResponse::decode(message)?.status() == ServingStatus::Serving,
+        Expect::Listed(count) => ListTokensResponse::decode(message)?.tokens.len() == count,
     })
 }
 

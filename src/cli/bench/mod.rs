@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use patd::domain::cidr::CidrList;
 use patd::domain::clock;
+use patd::domain::labels::Labels;
 use patd::domain::model::{NewToken, Owner, TokenRecord};
 use patd::domain::scope::ScopeSet;
 use patd::domain::token::{
@@ -32,6 +33,7 @@ const BENCH_ACCOUNT: &str = "bench";
 const DEFAULT_DATABASE: &str = "sqlite://patd-bench.db";
 const INTROSPECT_PATH: &str = "/pat.v1.IntrospectionService/Introspect";
 const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
+const LIST_PATH: &str = "/pat.v1.TokenService/ListTokens";
 /// Every tenth seeded token is revoked.
 const REVOKED_EVERY: u64 = 10;
 const UNKNOWN_SET: u64 = 10_000;
@@ -49,6 +51,29 @@ pub enum Mix {
     Unknown,
     /// Revoked tokens drawn uniformly from all revoked ones
     Revoked,
+    /// The hot set, each call naming a resource (`IntrospectRequest.resource`)
+    HotResource,
+    /// ListTokens of one owner, first page of 50, no selector (the baseline)
+    List,
+    /// ListTokens with `team=team-7` (1% of the owner's tokens)
+    ListTeam,
+    /// ListTokens with `env=prod` (50% of the owner's tokens)
+    ListEnv,
+    /// ListTokens with `canary` (0.1% of the owner's tokens)
+    ListCanary,
+}
+
+impl Mix {
+    /// The label selector of a ListTokens mix.
+    fn selector(self) -> Option<&'static str> {
+        match self {
+            Mix::List => Some(""),
+            Mix::ListTeam => Some("team=team-7"),
+            Mix::ListEnv => Some("env=prod"),
+            Mix::ListCanary => Some("canary"),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,7 +168,7 @@ fn bench_token(fixture: &Fixture, index: u64, scopes: ScopeSet, now: i64) -> New
             id: generate_id(),
             name: format!("bench-{index}"),
             owner: Owner {
-                subject: format!("user-{}", index % 1_000),
+                subject: format!("user-{}", index % OWNERS),
                 account: BENCH_ACCOUNT.to_owned(),
             },
             scopes,
@@ -156,13 +181,68 @@ fn bench_token(fixture: &Fixture, index: u64, scopes: ScopeSet, now: i64) -> New
             last_used_ip: None,
             rotated_at: None,
             allowed_cidrs: CidrList::default(),
+            description: String::new(),
+            labels: bench_labels(index),
+            resources: Default::default(),
         },
     }
 }
 
-/// Seeds tokens `existing..tokens` (earlier runs seeded the ones before).
+/// Bench token `index`'s owner: `user-{index % OWNERS}`.
+const OWNERS: u64 = 1_000;
+
+/// Every bench token's labels, by its place among its owner's tokens: a
+/// `team` of 100 (1% of the owner's tokens each), an `env` of two (50%), and
+/// `canary` on one in 1,000 (0.1%), for measuring ListTokens' label selectors
+/// at several selectivities.
+fn bench_labels(index: u64) -> Labels {
+    let place = index / OWNERS;
+    let env = if place.is_multiple_of(2) {
+        "prod"
+    } else {
+        "dev"
+    };
+    let mut entries = vec![
+        ("team".to_owned(), format!("team-{}", place % 100)),
+        ("env".to_owned(), env.to_owned()),
+    ];
+    if place % 1_000 == 7 {
+        entries.push(("canary".to_owned(), "yes".to_owned()));
+    }
+    Labels::parse(entries.iter().map(|(k, v)| (k, v))).expect("valid labels")
+}
+
+/// The secret of `user-0`'s manager token (personalAccessToken:write), for the
+/// ListTokens mixes; stored once, after the seed.
+async fn bench_manager(store: &Store, format: &TokenFormat) -> Result<String, Box<dyn Error>> {
+    let secret = Fixture::new(format.clone(), "manager").secret_of(0);
+    let hash = SecretHash::of(secret.expose());
+    if store.find_by_hash(&hash).await?.is_none() {
+        let scopes = ScopeSet::parse(["personalAccessToken:write"])?;
+        let mut manager = bench_token(
+            &Fixture::new(format.clone(), "manager"),
+            0,
+            scopes,
+            clock::now_micros(),
+        );
+        manager.record.name = "bench-manager".to_owned();
+        manager.record.labels = Labels::default();
+        store
+            .insert(&manager, &patd::domain::model::Actor::operator())
+            .await?;
+    }
+    Ok(secret.expose().to_owned())
+}
+
+/// Seeds tokens `existing..tokens` (earlier runs seeded the ones before; the
+/// manager token, if stored, is not one of them).
 async fn seed(store: &Store, fixture: &Fixture, tokens: u64) -> Result<(), Box<dyn Error>> {
-    let existing = store.count_in_account(BENCH_ACCOUNT).await? as u64;
+    let manager = Fixture::new(fixture.format.clone(), "manager").secret_of(0);
+    let has_manager = store
+        .find_by_hash(&SecretHash::of(manager.expose()))
+        .await?
+        .is_some();
+    let existing = store.count_in_account(BENCH_ACCOUNT).await? as u64 - u64::from(has_manager);
     if existing >= tokens {
         eprintln!("seed: {existing} bench tokens already stored");
         return Ok(());
@@ -242,7 +322,11 @@ async fn start_server(
     let started = Instant::now();
     let mut child = Command::new(std::env::current_exe()?)
         .args(["serve", "--listen", &addr.to_string()])
-        .args(["--log", "warn,patd::verifier=info", "--database-url"])
+        .args([
+            "--log",
+            "warn,patd::verify::coherence=info",
+            "--database-url",
+        ])
         .arg(database_url.expose())
         .args(serve_args)
         .stderr(std::process::Stdio::piped())
@@ -321,6 +405,7 @@ pub async fn run(
     };
     let store = Store::connect(&options, true).await?;
     seed(&store, &fixture, tokens).await?;
+    let manager = bench_manager(&store, &fixture.format).await?;
     store.close().await;
 
     let (mut server, addr, pid) = match args.addr {
@@ -352,6 +437,12 @@ pub async fn run(
         Arc::new(check_calls()),
     )];
     for mix in &args.mix {
+        if let Some(selector) = mix.selector() {
+            let call = list_call(&manager, selector, tokens);
+            let name = format!("ListTokens {selector:?}");
+            loads.push((name, LIST_PATH, Arc::new(vec![call])));
+            continue;
+        }
         let calls = calls_for(*mix, &fixture, &unknown, tokens, args.hot_set);
         loads.push((
             format!("Introspect {mix:?}").to_lowercase(),

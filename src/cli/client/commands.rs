@@ -61,6 +61,9 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                 scopes: token.scopes,
                 expires_at,
                 allowed_cidrs: token.allowed_cidrs,
+                description: token.description,
+                labels: token.labels.into_iter().collect(),
+                resources: token.resources,
             };
             let created = authed(&auth).await?.create_token(request).await?;
             print_created(&created, auth.json);
@@ -71,6 +74,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
             page_size,
             state,
             name_contains,
+            label_selector,
             order,
         } => {
             let state = match state {
@@ -105,6 +109,7 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                     page_token: page_token.clone(),
                     state: state.into(),
                     name_contains: name_contains.clone().unwrap_or_default(),
+                    label_selector: label_selector.clone().unwrap_or_default(),
                     order_by: order.into(),
                     ..Default::default()
                 };
@@ -265,6 +270,43 @@ pub async fn run(command: ClientCommand) -> ClientResult {
             print_token(&authed(&auth).await?.revoke_token(&id).await?, auth.json);
             Ok(())
         }
+        ClientCommand::Update {
+            auth,
+            id,
+            name,
+            description,
+            labels,
+            clear_labels,
+        } => {
+            let mut paths = Vec::new();
+            if name.is_some() {
+                paths.push("name");
+            }
+            if description.is_some() {
+                paths.push("description");
+            }
+            if !labels.is_empty() || clear_labels {
+                paths.push("labels");
+            }
+            if paths.is_empty() {
+                return Err(ClientError::new(
+                    exit::INVALID,
+                    "nothing to update: give --name, --description, --label or --clear-labels",
+                ));
+            }
+            let token = proto::Token {
+                name: name.unwrap_or_default(),
+                description: description.unwrap_or_default(),
+                labels: labels.into_iter().collect(),
+                ..Default::default()
+            };
+            let updated = authed(&auth)
+                .await?
+                .update_token(&id, token, &paths)
+                .await?;
+            print_token(&updated, auth.json);
+            Ok(())
+        }
         ClientCommand::Suspend { auth, id } => {
             print_token(&authed(&auth).await?.suspend_token(&id).await?, auth.json);
             Ok(())
@@ -302,12 +344,19 @@ pub async fn run(command: ClientCommand) -> ClientResult {
             conn,
             require,
             client_ip,
+            resource,
             json,
         } => {
             let token = read_presented_token()?;
+            let request = proto::IntrospectRequest {
+                token,
+                required_scopes: require,
+                client_ip: client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                resource: resource.unwrap_or_default(),
+            };
             let answer = connect(&conn, None)
                 .await?
-                .introspect(&token, &require, client_ip)
+                .introspect_request(request)
                 .await?;
             if json {
                 out!(
@@ -323,6 +372,8 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                             "issued_at": time(answer.issued_at.as_ref()),
                             "expires_at": time(answer.expires_at.as_ref()),
                             "missing_scopes": answer.missing_scopes,
+                            "resources": answer.resources,
+                            "resource_denied": answer.resource_denied,
                         })
                     } else {
                         json!({ "active": false })
@@ -341,6 +392,12 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                 if !answer.missing_scopes.is_empty() {
                     out!("missing:      {}", shown(&answer.missing_scopes.join(" ")));
                 }
+                if !answer.resources.is_empty() {
+                    out!("resources:    {}", shown(&answer.resources.join(" ")));
+                }
+                if answer.resource_denied {
+                    out!("resource:     denied");
+                }
             } else {
                 out!("active:       false");
             }
@@ -351,6 +408,12 @@ pub async fn run(command: ClientCommand) -> ClientResult {
                 return Err(ClientError::new(
                     exit::INACTIVE,
                     format!("the token lacks {}", answer.missing_scopes.join(", ")),
+                ));
+            }
+            if answer.resource_denied {
+                return Err(ClientError::new(
+                    exit::INACTIVE,
+                    "the token is not allowed on that resource",
                 ));
             }
             Ok(())

@@ -150,6 +150,22 @@ pub struct NewTokenArgs {
     /// Comma-separated CIDR blocks the token may be used from, e.g. 10.0.0.0/8,2001:db8::/32
     #[arg(long, value_delimiter = ',')]
     pub allowed_cidrs: Vec<String>,
+    /// What the token is for, in a sentence (at most 500 characters)
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// A label KEY=VALUE, e.g. team=payments (repeat for more, at most 16)
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Comma-separated resources the token is restricted to, e.g. product:PR-7,license:LK-1
+    #[arg(long, value_delimiter = ',')]
+    pub resources: Vec<String>,
+}
+
+/// `KEY=VALUE` of `--label` (the server checks both parts).
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
 impl NewTokenArgs {
@@ -209,9 +225,31 @@ pub enum ClientCommand {
         /// Only tokens whose name contains this (case-insensitive)
         #[arg(long)]
         name_contains: Option<String>,
+        /// Only tokens with these labels, e.g. team=payments,env (a key alone: has it)
+        #[arg(long)]
+        label_selector: Option<String>,
         /// Sort order
         #[arg(long, value_enum, default_value = "created-desc")]
         order: ListOrder,
+    },
+    /// Change one of your tokens' name, description or labels (what it grants stays)
+    Update {
+        #[command(flatten)]
+        auth: AuthArgs,
+        /// The token's id (22 letters and digits)
+        id: String,
+        /// A new name
+        #[arg(long)]
+        name: Option<String>,
+        /// A new description ("" clears it)
+        #[arg(long)]
+        description: Option<String>,
+        /// The new labels KEY=VALUE, replacing all of them (repeat for more)
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Remove every label
+        #[arg(long, conflicts_with = "labels")]
+        clear_labels: bool,
     },
     /// Show one of your tokens
     Get {
@@ -307,6 +345,9 @@ pub enum ClientCommand {
         /// The address the token's user connects from (checked against its allowlist)
         #[arg(long)]
         client_ip: Option<std::net::IpAddr>,
+        /// The resource the token is used on, e.g. product:PR-7 (denied: exit 6)
+        #[arg(long)]
+        resource: Option<String>,
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,

@@ -38,14 +38,34 @@ pub(super) fn token_json(token: &proto::Token) -> Value {
         "last_used_ip": token.last_used_ip,
         "rotated_at": time(token.rotated_at.as_ref()),
         "allowed_cidrs": token.allowed_cidrs,
+        "suspended_at": time(token.suspended_at.as_ref()),
+        "description": token.description,
+        "labels": token.labels,
+        "resources": token.resources,
     })
 }
 
 /// One token as `key: value` lines.
 pub(super) fn token_text(token: &proto::Token) -> String {
     let or = |value: Option<String>, none: &str| value.unwrap_or_else(|| none.to_owned());
+    let mut labels: Vec<String> = token
+        .labels
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    labels.sort();
+    let mut extra = String::new();
+    for (heading, value) in [
+        ("description:  ", token.description.clone()),
+        ("labels:       ", labels.join(",")),
+        ("resources:    ", token.resources.join(" ")),
+    ] {
+        if !value.is_empty() {
+            extra.push_str(&format!("\n{heading}{}", shown(&value)));
+        }
+    }
     format!(
-        "id:           {}\nname:         {}\nowner:        {} @ {}\nstate:        {}\nscopes:       {}\nhint:         {}\ncreated:      {}\nexpires:      {}\nrevoked:      {}\nlast used:    {}{}\nrotated:      {}\nallowed from: {}",
+        "id:           {}\nname:         {}\nowner:        {} @ {}\nstate:        {}\nscopes:       {}\nhint:         {}\ncreated:      {}\nexpires:      {}\nrevoked:      {}\nlast used:    {}{}\nrotated:      {}\nallowed from: {}{extra}",
         shown(&token.id),
         shown(&token.name),
         shown(&token.subject),
