@@ -240,7 +240,8 @@ impl HttpIntrospection {
                 }
             },
         };
-        // RFC 8707's parameter name: the resource the client acts on.
+        // RFC 8707's parameter name: the resource the client acts on (at most
+        // one: parse_form refuses repeated fields).
         let resource = match field("resource").map(str::trim) {
             None | Some("") => None,
             Some(name) => match Resource::parse("resource", name) {

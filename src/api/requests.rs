@@ -91,7 +91,8 @@ pub fn update(request: &proto::UpdateTokenRequest) -> Result<(String, TokenUpdat
     }
     let mut update = TokenUpdate::default();
     for path in paths {
-        let all = path.trim() == "*";
+        let path = path.trim();
+        let all = path == "*";
         let mut known = all;
         if all || path == "name" {
             update.name = Some(validate_text("name", &token.name, MAX_NAME_CHARS)?);

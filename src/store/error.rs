@@ -91,7 +91,8 @@ fn database_fault(db: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<&'s
 
 /// Whether storage refused a value itself (not the statement, not the state):
 /// Postgres SQLSTATE class 22 (data exception: invalid encoding such as a NUL
-/// in text, string too long, numeric out of range), SQLite `SQLITE_TOOBIG`.
+/// in text, string too long, numeric out of range) and 54000 (a program limit,
+/// such as an index row too large for a very long label), SQLite `SQLITE_TOOBIG`.
 fn is_rejected_value(db: &(dyn sqlx::error::DatabaseError + 'static)) -> bool {
     let Some(code) = db.code() else {
         return false;
@@ -99,7 +100,7 @@ fn is_rejected_value(db: &(dyn sqlx::error::DatabaseError + 'static)) -> bool {
     if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
         return code.parse::<i32>().is_ok_and(|code| code & 0xFF == 18);
     }
-    code.starts_with("22")
+    code.starts_with("22") || code == "54000"
 }
 
 impl From<sqlx::Error> for StoreError {

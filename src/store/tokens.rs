@@ -223,7 +223,13 @@ impl Store {
             if let Some(actor) = actor {
                 for new in tokens {
                     let token = &new.record;
-                    let detail = format!("scopes {}", token.scopes.to_stored());
+                    let mut detail = format!("scopes {}", token.scopes.to_stored());
+                    if !token.resources.is_empty() {
+                        detail.push_str(&format!("; resources {}", token.resources.to_stored()));
+                    }
+                    if !token.allowed_cidrs.is_empty() {
+                        detail.push_str(&format!("; from {}", token.allowed_cidrs.to_stored()));
+                    }
                     let event = Event::about(EventKind::Created, token, actor, token.created_at, detail);
                     insert_event!(&mut *tx, &event);
                 }

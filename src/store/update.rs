@@ -46,10 +46,20 @@ impl Store {
         const SET: &str =
             "UPDATE tokens SET name = $1, description = $2, labels = $3 WHERE seq = $4";
         const CLEAR_LABELS: &str = "DELETE FROM token_labels WHERE token_seq = $1";
+        // Postgres reads committed data per statement: lock the row first, so
+        // that two concurrent updates apply one after the other (a rename must
+        // not write back labels read before a relabel committed, leaving the
+        // labels and their index rows apart). SQLite's write transaction is
+        // exclusive already.
+        const LOCK: &str = "SELECT seq FROM tokens WHERE id = $1 FOR UPDATE";
+        let is_postgres = matches!(self.backend, Backend::Postgres(_));
         StoreStats::count(&self.stats.writes);
         let begin = self.begin_writing();
         Ok(timed!(self, pool => async {
             let mut tx = pool.begin_with(begin).await?;
+            if is_postgres {
+                sqlx::query(LOCK).bind(id).execute(&mut *tx).await?;
+            }
             let current = current_for_owner!(&mut *tx, owner, id);
             let Some(current) = current else {
                 return Ok(Updated::NotFound);
