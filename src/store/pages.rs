@@ -164,11 +164,50 @@ impl Store {
             Text(String),
         }
         let mut params: Vec<Param> = Vec::new();
-        let mut sql = format!("SELECT {} FROM tokens WHERE 1 = 1", columns!());
+        let mut sql = format!("SELECT {} FROM ", columns!());
         let mut push = |sql: &mut String, clause: &str, param: Param| {
             params.push(param);
             sql.push_str(&clause.replace('?', &format!("${}", params.len())));
         };
+        // Newest or oldest first with a selector: one term's index rows, read in
+        // seq order, drive the query, so a page costs a page of index reads
+        // whether the label is on 0.1% or half of the owner's tokens (filtering
+        // tokens by `seq IN (...)` instead reads every match first). A term
+        // with a value is likelier to be selective than a key alone.
+        let terms = &filter.label_selector.0;
+        let driver = matches!(order, TokenOrder::CreatedDesc | TokenOrder::CreatedAsc)
+            .then(|| terms.iter().position(|t| t.value.is_some()).unwrap_or(0))
+            .filter(|_| !terms.is_empty());
+        if let Some(driver) = driver {
+            let term = &terms[driver];
+            sql.push_str("(SELECT token_seq FROM token_labels WHERE 1 = 1");
+            if let Some(owner) = owner {
+                push(
+                    &mut sql,
+                    " AND account = ?",
+                    Param::Text(owner.account.clone()),
+                );
+                push(
+                    &mut sql,
+                    " AND subject = ?",
+                    Param::Text(owner.subject.clone()),
+                );
+            }
+            push(&mut sql, " AND key = ?", Param::Text(term.key.clone()));
+            if let Some(value) = &term.value {
+                push(&mut sql, " AND value = ?", Param::Text(value.clone()));
+            }
+            // CROSS JOIN: SQLite then keeps the label index as the outer loop
+            // (its planner may otherwise scan the owner's tokens and sort).
+            sql.push_str(") AS l CROSS JOIN tokens");
+        } else {
+            sql.push_str("tokens");
+        }
+        sql.push_str(if driver.is_some() {
+            " WHERE tokens.seq = l.token_seq"
+        } else {
+            " WHERE 1 = 1"
+        });
         if let Some(owner) = owner {
             push(
                 &mut sql,
@@ -230,8 +269,23 @@ impl Store {
                 Param::Text(format!("%{escaped}%")),
             );
         }
-        // Each term is an index lookup in token_labels (by owner, key, value).
-        for term in &filter.label_selector.0 {
+        // The other terms: probes of each token's label row (by seq and key)
+        // beside a driving term; else index lookups by owner, key and value.
+        for (index, term) in terms.iter().enumerate() {
+            if Some(index) == driver {
+                continue;
+            }
+            if driver.is_some() {
+                sql.push_str(
+                    " AND EXISTS (SELECT 1 FROM token_labels x WHERE x.token_seq = tokens.seq",
+                );
+                push(&mut sql, " AND x.key = ?", Param::Text(term.key.clone()));
+                if let Some(value) = &term.value {
+                    push(&mut sql, " AND x.value = ?", Param::Text(value.clone()));
+                }
+                sql.push(')');
+                continue;
+            }
             sql.push_str(" AND seq IN (SELECT token_seq FROM token_labels WHERE 1 = 1");
             if let Some(owner) = owner {
                 push(
@@ -252,6 +306,12 @@ impl Store {
             sql.push(')');
         }
         let (key, descending) = order.key(&self.backend);
+        // Sorted by the driving index's own column, so no sort is needed.
+        let (key, tie) = if driver.is_some() {
+            ("l.token_seq", "l.token_seq")
+        } else {
+            (key, "seq")
+        };
         let (compare, direction) = if descending {
             ("<", "DESC")
         } else {
@@ -270,14 +330,14 @@ impl Store {
             push(&mut sql, &format!(" OR ({key} = ?"), key_param);
             push(
                 &mut sql,
-                &format!(" AND seq {compare} ?))"),
+                &format!(" AND {tie} {compare} ?))"),
                 Param::Int(after.seq),
             );
         }
         // One row more than asked says whether another page follows.
         push(
             &mut sql,
-            &format!(" ORDER BY {key} {direction}, seq {direction} LIMIT ?"),
+            &format!(" ORDER BY {key} {direction}, {tie} {direction} LIMIT ?"),
             Param::Int(i64::from(page_size) + 1),
         );
         let mut rows: Vec<TokenRow> = timed!(self, pool => {

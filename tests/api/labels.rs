@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use patd::proto::{
-    CreateTokenRequest, GetTokenRequest, ListTokensRequest, Token, UpdateTokenRequest,
+    CreateTokenRequest, GetTokenRequest, ListTokensRequest, Token, TokenOrder, UpdateTokenRequest,
 };
 use tonic::Code;
 
@@ -83,6 +83,17 @@ async fn selected(
     selector: &str,
     page_size: i32,
 ) -> Result<Vec<String>, tonic::Status> {
+    selected_in(app, caller, selector, page_size, TokenOrder::Unspecified).await
+}
+
+/// [`selected`] in another order.
+async fn selected_in(
+    app: &TestApp,
+    caller: &str,
+    selector: &str,
+    page_size: i32,
+    order: TokenOrder,
+) -> Result<Vec<String>, tonic::Status> {
     let mut names = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -90,6 +101,7 @@ async fn selected(
             page_size,
             page_token: page_token.clone(),
             label_selector: selector.to_owned(),
+            order_by: order.into(),
             ..Default::default()
         };
         let page = app
@@ -385,13 +397,30 @@ async fn label_selectors_find_the_owners_matching_tokens(app: TestApp) {
         ("team=payments,team=search", &[][..]),
         ("nobody", &[][..]),
     ] {
-        // Paged one at a time too: the selector holds across pages.
+        // Paged one at a time too: the selector holds across pages, in every
+        // order (newest and oldest first read the label index in order; the
+        // others filter and sort).
         for page_size in [1, 100] {
             assert_eq!(
                 selected(&app, &alice, selector, page_size).await.unwrap(),
                 expected,
                 "{selector:?} by {page_size}"
             );
+            let mut oldest_first = expected.to_vec();
+            oldest_first.reverse();
+            let mut by_name = expected.to_vec();
+            by_name.sort();
+            for (order, expected) in [
+                (TokenOrder::CreatedAsc, &oldest_first),
+                (TokenOrder::NameAsc, &by_name),
+            ] {
+                let found = selected_in(&app, &alice, selector, page_size, order).await;
+                assert_eq!(
+                    &found.unwrap(),
+                    expected,
+                    "{selector:?} by {page_size}, {order:?}"
+                );
+            }
         }
     }
     assert_eq!(

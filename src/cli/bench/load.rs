@@ -86,18 +86,30 @@ fn resource_call(token: String) -> Call {
 
 /// The first ListTokens page (50) of `user-0`, as its manager, with `selector`;
 /// expected to hold the seeded tokens that match (computed from the seed).
-pub(super) fn list_call(manager: &str, selector: &str, tokens: u64) -> Call {
+pub(super) fn list_call(
+    manager: &str,
+    mix: Mix,
+    selector: &str,
+    fixture: &Fixture,
+    tokens: u64,
+) -> Call {
     let parsed = patd::domain::labels::LabelSelector::parse(selector).expect("a bench selector");
     let matching = (0..tokens)
-        .step_by(OWNERS as usize)
-        .filter(|index| parsed.matches(&bench_labels(*index)))
+        .step_by(fixture.owners as usize)
+        .filter(|index| parsed.matches(&bench_labels(*index, fixture.owners)))
         .count();
+    let order = if mix == Mix::ListEnvByName {
+        patd::proto::TokenOrder::NameAsc
+    } else {
+        patd::proto::TokenOrder::CreatedDesc
+    };
     // The manager itself has no labels: listed only without a selector.
     let matching = matching + usize::from(selector.is_empty());
     Call {
         frame: grpc_frame(&ListTokensRequest {
             page_size: 50,
             label_selector: selector.to_owned(),
+            order_by: order.into(),
             ..ListTokensRequest::default()
         }),
         expect: Expect::Listed(matching.min(50)),
@@ -122,7 +134,7 @@ pub(super) fn calls_for(
         Mix::HotResource => (0..hot_set.min(active))
             .map(|n| resource_call(fixture.secret(active_index(n))))
             .collect(),
-        Mix::List | Mix::ListTeam | Mix::ListEnv | Mix::ListCanary => {
+        Mix::List | Mix::ListTeam | Mix::ListEnv | Mix::ListCanary | Mix::ListEnvByName => {
             unreachable!("ListTokens mixes are built by list_call")
         }
         Mix::Cold => (0..active)

@@ -61,6 +61,8 @@ pub enum Mix {
     ListEnv,
     /// ListTokens with `canary` (0.1% of the owner's tokens)
     ListCanary,
+    /// ListTokens with `env=prod`, by name (every match is sorted)
+    ListEnvByName,
 }
 
 impl Mix {
@@ -71,6 +73,7 @@ impl Mix {
             Mix::ListTeam => Some("team=team-7"),
             Mix::ListEnv => Some("env=prod"),
             Mix::ListCanary => Some("canary"),
+            Mix::ListEnvByName => Some("env=prod"),
             _ => None,
         }
     }
@@ -117,6 +120,10 @@ pub struct BenchArgs {
     /// Whole runs (Check and every mix); medians are printed when more than one
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// Owners the seeded tokens are spread over (user-0 …); 1: one owner holds
+    /// them all. Only for a new database: a seeded one keeps its owners
+    #[arg(long, default_value_t = DEFAULT_OWNERS)]
+    owners: u64,
     /// Arguments for the `patd serve` the benchmark starts, after `--`
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -127,6 +134,8 @@ pub struct BenchArgs {
 struct Fixture {
     format: TokenFormat,
     key: [u8; 32],
+    /// Token `i` belongs to `user-{i % owners}`.
+    owners: u64,
 }
 
 impl Fixture {
@@ -134,6 +143,7 @@ impl Fixture {
         Fixture {
             format,
             key: blake3::derive_key("patd bench fixture v1", purpose.as_bytes()),
+            owners: DEFAULT_OWNERS,
         }
     }
 
@@ -168,7 +178,7 @@ fn bench_token(fixture: &Fixture, index: u64, scopes: ScopeSet, now: i64) -> New
             id: generate_id(),
             name: format!("bench-{index}"),
             owner: Owner {
-                subject: format!("user-{}", index % OWNERS),
+                subject: format!("user-{}", index % fixture.owners),
                 account: BENCH_ACCOUNT.to_owned(),
             },
             scopes,
@@ -182,21 +192,21 @@ fn bench_token(fixture: &Fixture, index: u64, scopes: ScopeSet, now: i64) -> New
             rotated_at: None,
             allowed_cidrs: CidrList::default(),
             description: String::new(),
-            labels: bench_labels(index),
+            labels: bench_labels(index, fixture.owners),
             resources: Default::default(),
         },
     }
 }
 
-/// Bench token `index`'s owner: `user-{index % OWNERS}`.
-const OWNERS: u64 = 1_000;
+/// Owners the bench tokens are spread over, unless `--owners` says otherwise.
+const DEFAULT_OWNERS: u64 = 1_000;
 
 /// Every bench token's labels, by its place among its owner's tokens: a
 /// `team` of 100 (1% of the owner's tokens each), an `env` of two (50%), and
 /// `canary` on one in 1,000 (0.1%), for measuring ListTokens' label selectors
 /// at several selectivities.
-fn bench_labels(index: u64) -> Labels {
-    let place = index / OWNERS;
+fn bench_labels(index: u64, owners: u64) -> Labels {
+    let place = index / owners;
     let env = if place.is_multiple_of(2) {
         "prod"
     } else {
@@ -394,7 +404,8 @@ pub async fn run(
     let duration = args
         .duration
         .unwrap_or(Duration::from_secs(if args.quick { 3 } else { 10 }));
-    let fixture = Fixture::new(format.clone(), "issued");
+    let mut fixture = Fixture::new(format.clone(), "issued");
+    fixture.owners = args.owners.max(1);
     let unknown = Fixture::new(format, "never issued");
 
     let options = StoreOptions {
@@ -438,8 +449,13 @@ pub async fn run(
     )];
     for mix in &args.mix {
         if let Some(selector) = mix.selector() {
-            let call = list_call(&manager, selector, tokens);
-            let name = format!("ListTokens {selector:?}");
+            let call = list_call(&manager, *mix, selector, &fixture, tokens);
+            let by = if *mix == Mix::ListEnvByName {
+                " by name"
+            } else {
+                ""
+            };
+            let name = format!("ListTokens {selector:?}{by}");
             loads.push((name, LIST_PATH, Arc::new(vec![call])));
             continue;
         }
