@@ -19,8 +19,6 @@ CREATE TABLE token_labels (
 );
 
 CREATE INDEX token_labels_by_owner ON token_labels (account, subject, key, value, token_seq);
--- A key alone ("has the label"), newest or oldest first, without sorting.
-CREATE INDEX token_labels_by_key ON token_labels (account, subject, key, token_seq);
 
 -- A renamed token's cached Introspect answers (which carry the name) must go
 -- everywhere, as for a revoke.

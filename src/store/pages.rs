@@ -172,12 +172,14 @@ impl Store {
         // Newest or oldest first with a selector: one term's index rows, read in
         // seq order, drive the query, so a page costs a page of index reads
         // whether the label is on 0.1% or half of the owner's tokens (filtering
-        // tokens by `seq IN (...)` instead reads every match first). A term
-        // with a value is likelier to be selective than a key alone.
+        // tokens by `seq IN (...)` instead reads every match first). Only a
+        // term with a value can: the index is ordered by seq within a value.
+        // (An index by key and seq for presence terms misled Postgres's
+        // planner into reading it for value terms too, filtering row by row.)
         let terms = &filter.label_selector.0;
         let driver = matches!(order, TokenOrder::CreatedDesc | TokenOrder::CreatedAsc)
-            .then(|| terms.iter().position(|t| t.value.is_some()).unwrap_or(0))
-            .filter(|_| !terms.is_empty());
+            .then(|| terms.iter().position(|t| t.value.is_some()))
+            .flatten();
         if let Some(driver) = driver {
             let term = &terms[driver];
             sql.push_str("(SELECT token_seq FROM token_labels WHERE 1 = 1");

@@ -126,6 +126,20 @@ async fn cached_tokens_are_dropped_as_soon_as_they_change(app: TestApp) {
         .await
         .unwrap();
     let rotate_seen = until_denied(&auth, &rotated).await;
+
+    // A rename changes what a cached answer says: it must go too.
+    let (renamed, renamed_record) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    assert_eq!(
+        auth.verify(&renamed, &[], None).await.unwrap().name,
+        "minted"
+    );
+    let rename = crate::helpers::rename(&renamed_record.id, "renamed");
+    tokens.update_token(authed(&manager, rename)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while auth.verify(&renamed, &[], None).await.unwrap().name != "renamed" {
+        assert!(Instant::now() < deadline, "the cached name never changed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     eprintln!(
         "{:?}: revoke {revoke_seen:?}, delete {delete_seen:?}, rotate {rotate_seen:?}",
         app.backend

@@ -184,16 +184,7 @@ async fn postgres_suspension_and_offboarding_reach_every_replica() {
 
     // A rename on A: B's cached answer (which carries the name) goes too.
     assert_eq!(b.introspect(&secret).await.name, "minted");
-    let rename = patd::proto::UpdateTokenRequest {
-        id: record.id.clone(),
-        token: Some(patd::proto::Token {
-            name: "renamed".into(),
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["name".into()],
-        }),
-    };
+    let rename = crate::helpers::rename(&record.id, "renamed");
     tokens.update_token(authed(&manager, rename)).await.unwrap();
     let renamed = Instant::now();
     while b.introspect(&secret).await.name != "renamed" {

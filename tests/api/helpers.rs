@@ -574,6 +574,20 @@ pub fn with_wrong_checksum(valid: &str) -> String {
 }
 
 /// `message` with `authorization: Bearer <secret>` metadata.
+/// An UpdateToken request renaming token `id` to `name`.
+pub fn rename(id: &str, name: &str) -> patd::proto::UpdateTokenRequest {
+    patd::proto::UpdateTokenRequest {
+        id: id.to_owned(),
+        token: Some(patd::proto::Token {
+            name: name.to_owned(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["name".into()],
+        }),
+    }
+}
+
 pub fn authed<T>(secret: &str, message: T) -> Request<T> {
     let mut request = Request::new(message);
     request

@@ -131,6 +131,7 @@ async fn previous_schema_with_tokens(backend: Backend) {
                 answer.expires_at.map(|at| at.seconds),
                 token.expires_at.map(|at| at.div_euclid(1_000_000))
             );
+            assert!(answer.resources.is_empty(), "an old token is unrestricted");
         }
     }
     // And the old tokens take part in what the new schema added.
@@ -150,6 +151,33 @@ async fn previous_schema_with_tokens(backend: Backend) {
         .await
         .unwrap();
     assert!(!app.is_active(&old[0].secret).await);
+    // Labelled after the upgrade, and found by its labels.
+    let relabel = patd::proto::UpdateTokenRequest {
+        id: old[1].id.clone(),
+        token: Some(patd::proto::Token {
+            labels: [("era".to_owned(), "old".to_owned())].into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["labels".into()],
+        }),
+    };
+    tokens
+        .update_token(crate::helpers::authed(&manager, relabel))
+        .await
+        .unwrap();
+    let list = patd::proto::ListTokensRequest {
+        label_selector: "era=old".into(),
+        ..Default::default()
+    };
+    let found = tokens
+        .list_tokens(crate::helpers::authed(&manager, list))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    let ids: Vec<&str> = found.iter().map(|token| token.id.as_str()).collect();
+    assert_eq!(ids, [old[1].id.as_str()]);
 }
 
 #[tokio::test]

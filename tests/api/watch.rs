@@ -98,6 +98,32 @@ async fn revokes_rotations_deletes_and_suspensions_arrive_in_commit_order(app: T
                 .unwrap();
         }
     }
+    // A rename (Introspect answers carry the name); a relabel alone is no change.
+    for (path, name, labels) in [
+        ("name", "renamed", vec![]),
+        ("labels", "", vec![("k", "v")]),
+    ] {
+        let request = patd::proto::UpdateTokenRequest {
+            id: suspended.id.clone(),
+            token: Some(patd::proto::Token {
+                name: name.to_owned(),
+                labels: labels
+                    .into_iter()
+                    .map(|(k, v): (&str, &str)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec![path.to_owned()],
+            }),
+        };
+        tokens
+            .update_token(authed(&manager, request))
+            .await
+            .unwrap();
+    }
+    let (_, last) = app.mint(("alice", "acme"), &["tag:read"], None).await;
+    revoke_as_operator(&app.store, &last).await;
     let mut cursors = vec![first.cursor.clone()];
     for (id, kind) in [
         (&revoked.id, ChangeKind::Revoked),
@@ -105,6 +131,8 @@ async fn revokes_rotations_deletes_and_suspensions_arrive_in_commit_order(app: T
         (&deleted.id, ChangeKind::Deleted),
         (&suspended.id, ChangeKind::Suspended),
         (&suspended.id, ChangeKind::Resumed),
+        (&suspended.id, ChangeKind::Updated),
+        (&last.id, ChangeKind::Revoked),
     ] {
         let change = next_change(&mut stream, Duration::from_secs(3)).await;
         assert_eq!(
@@ -125,7 +153,7 @@ async fn revokes_rotations_deletes_and_suspensions_arrive_in_commit_order(app: T
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let beat = seq(&next_heartbeat(&mut stream).await.cursor);
-        assert!(beat >= seqs[5], "a heartbeat went back: {beat} < {seqs:?}");
+        assert!(beat >= seqs[7], "a heartbeat went back: {beat} < {seqs:?}");
         if beat > seqs[0] {
             break;
         }
