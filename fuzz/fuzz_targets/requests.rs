@@ -5,7 +5,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use patd::api::requests;
+use patd::domain::labels::Labels;
 use patd::domain::model::Owner;
+use patd::domain::resource::ResourceList;
 use patd::proto;
 use prost::Message;
 use tonic::{Code, Status};
@@ -17,17 +19,37 @@ fn refused_properly(result: Result<(), Status>) {
     }
 }
 
+fn assert_labels_bounded(labels: &Labels) {
+    assert!(labels.iter().count() <= 16);
+    for (key, value) in labels.iter() {
+        assert!(patd::domain::labels::is_valid_key(key), "{key:?}");
+        assert!(value.chars().count() <= 255);
+        assert!(!value.chars().any(patd::domain::text::is_forbidden));
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&kind, bytes)) = data.split_first() else {
         return;
     };
     let owner = Owner::new("alice", "acme").unwrap();
-    match kind % 10 {
+    match kind % 11 {
         0 => {
             if let Ok(request) = proto::CreateTokenRequest::decode(bytes) {
                 refused_properly(requests::create(&request).map(|new| {
                     assert!(!new.scopes.is_empty());
                     assert!(!new.name.chars().any(patd::domain::text::is_forbidden));
+                    assert!(
+                        !new.description
+                            .chars()
+                            .any(patd::domain::text::is_forbidden)
+                    );
+                    assert_labels_bounded(&new.labels);
+                    assert!(new.resources.to_strings().len() <= 32);
+                    // What is stored reads back as it was accepted.
+                    let stored = new.resources.to_stored();
+                    assert_eq!(ResourceList::from_stored(&stored), new.resources);
+                    assert_eq!(Labels::from_stored(&new.labels.to_stored()), new.labels);
                 }));
             }
         }
@@ -79,6 +101,20 @@ fuzz_target!(|data: &[u8]| {
         8 => {
             if let Ok(request) = proto::IntrospectRequest::decode(bytes) {
                 refused_properly(requests::introspect(&request).map(drop));
+            }
+        }
+        9 => {
+            if let Ok(request) = proto::UpdateTokenRequest::decode(bytes) {
+                refused_properly(requests::update(&request).map(|(_, update)| {
+                    assert!(
+                        update.name.is_some()
+                            || update.description.is_some()
+                            || update.labels.is_some()
+                    );
+                    if let Some(labels) = &update.labels {
+                        assert_labels_bounded(labels);
+                    }
+                }));
             }
         }
         _ => {
