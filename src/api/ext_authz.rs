@@ -157,21 +157,15 @@ impl ExtAuthzApi {
                     .collect()
             })
             .unwrap_or_default();
-        let resource_headers = request_headers(check, RESOURCE_HEADER);
-        let resource = match extensions.and_then(|extensions| extensions.get(RESOURCE_KEY)) {
-            Some(resource) => Some(resource.as_str()),
-            None => match resource_headers.as_slice() {
-                [] => None,
-                [one] => Some(one.as_str()),
-                // Two values: which one the upstream acts on is unknown.
-                _ => Some(""),
-            },
+        let resources = match extensions.and_then(|extensions| extensions.get(RESOURCE_KEY)) {
+            Some(resource) => vec![resource.clone()],
+            None => request_headers(check, RESOURCE_HEADER),
         };
         let values = authorization_headers(check);
         let values: Vec<&str> = values.iter().map(String::as_str).collect();
         let needs = gate::Needs {
             scopes: &required_names,
-            resource,
+            resources: &resources,
         };
         let gate = gate::decide(&self.verifier, &values, needs, client_address(check)).await;
         let outcome = gate.check();

@@ -128,11 +128,6 @@ impl ForwardAuth {
                 resources.push(resource.trim().to_owned());
             }
         }
-        if resources.len() > 1 {
-            return misconfigured(
-                "more than one resource named: which one the upstream acts on is unknown",
-            );
-        }
         if from_trusted {
             for value in headers.get_all(REQUIRED_SCOPES_HEADER) {
                 let Ok(list) = value.to_str() else {
@@ -149,7 +144,7 @@ impl ForwardAuth {
         let client = self.client(headers, peer);
         let needs = gate::Needs {
             scopes: &required,
-            resource: resources.first().map(String::as_str),
+            resources: &resources,
         };
         let gate = gate::decide(&self.verifier, &values, needs, client).await;
         self.verifier.metrics().record_check(gate.check());

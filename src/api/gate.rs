@@ -66,11 +66,12 @@ impl Gate {
     }
 }
 
-/// What a request needs: scopes by name, and the resource it acts on (a name
-/// still to be checked), both from the gateway's configuration.
+/// What a request needs: scopes by name, and the resource it acts on (names
+/// as given, still to be checked: none, or one), both from the gateway's
+/// configuration.
 pub struct Needs<'a> {
     pub scopes: &'a [String],
-    pub resource: Option<&'a str>,
+    pub resources: &'a [String],
 }
 
 /// Decides for a request with the `authorization` header `values`, needing
@@ -85,10 +86,18 @@ pub async fn decide(
         Ok(required) => required,
         Err(unknown) => return Gate::Misconfigured(format!("required scopes: {unknown}")),
     };
-    let resource = match needs.resource.map(|name| Resource::parse("resource", name)) {
-        None => None,
-        Some(Ok(resource)) => Some(resource),
-        Some(Err(invalid)) => return Gate::Misconfigured(invalid.to_string()),
+    let resource = match needs.resources {
+        [] => None,
+        [name] => match Resource::parse("resource", name) {
+            Ok(resource) => Some(resource),
+            Err(invalid) => return Gate::Misconfigured(invalid.to_string()),
+        },
+        _ => {
+            return Gate::Misconfigured(
+                "more than one resource named: which one the upstream acts on is unknown"
+                    .to_owned(),
+            );
+        }
     };
     let value = match values {
         [] => return Gate::NoCredential,

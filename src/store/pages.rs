@@ -2,7 +2,7 @@
 //! by filters and orders with keyset pages (ListTokens), and every token with
 //! its hash (the cache's preload).
 
-use crate::domain::labels::LabelSelector;
+use crate::domain::labels::{LabelSelector, LabelTerm};
 use crate::domain::model::{Owner, TokenRecord, TokenState};
 use crate::domain::token::SecretHash;
 
@@ -117,6 +117,63 @@ pub struct HashedPage {
     pub next: Option<Cursor>,
 }
 
+#[derive(Clone)]
+enum Param {
+    Int(i64),
+    Text(String),
+}
+
+/// A search's SQL as it is built: text with `$N` placeholders, and the values
+/// bound to them in order.
+struct Query {
+    sql: String,
+    params: Vec<Param>,
+}
+
+impl Query {
+    fn new(sql: String) -> Query {
+        Query {
+            sql,
+            params: Vec::new(),
+        }
+    }
+
+    fn text(&mut self, text: &str) {
+        self.sql.push_str(text);
+    }
+
+    /// Appends `clause`, its one `?` numbered for `param`.
+    fn push(&mut self, clause: &str, param: Param) {
+        self.params.push(param);
+        let placeholder = format!("${}", self.params.len());
+        self.sql.push_str(&clause.replace('?', &placeholder));
+    }
+
+    /// ` AND account = ? AND subject = ?`, when there is an owner (both the
+    /// tokens and token_labels name them so).
+    fn owner(&mut self, owner: Option<&Owner>) {
+        if let Some(owner) = owner {
+            self.push(" AND account = ?", Param::Text(owner.account.clone()));
+            self.push(" AND subject = ?", Param::Text(owner.subject.clone()));
+        }
+    }
+
+    /// ` AND key = ?` and, for a term with a value, ` AND value = ?`, of the
+    /// label columns qualified by `prefix`.
+    fn label(&mut self, prefix: &str, term: &LabelTerm) {
+        self.push(
+            &format!(" AND {prefix}key = ?"),
+            Param::Text(term.key.clone()),
+        );
+        if let Some(value) = &term.value {
+            self.push(
+                &format!(" AND {prefix}value = ?"),
+                Param::Text(value.clone()),
+            );
+        }
+    }
+}
+
 impl Store {
     /// `owner`'s tokens (everyone's for `None`), newest first: [`Store::search`]
     /// without filters.
@@ -158,17 +215,7 @@ impl Store {
         page_size: u32,
         now: i64,
     ) -> StoreResult<SearchPage> {
-        #[derive(Clone)]
-        enum Param {
-            Int(i64),
-            Text(String),
-        }
-        let mut params: Vec<Param> = Vec::new();
-        let mut sql = format!("SELECT {} FROM ", columns!());
-        let mut push = |sql: &mut String, clause: &str, param: Param| {
-            params.push(param);
-            sql.push_str(&clause.replace('?', &format!("${}", params.len())));
-        };
+        let mut query = Query::new(format!("SELECT {} FROM ", columns!()));
         // Newest or oldest first with a selector: one term's index rows, read in
         // seq order, drive the query, so a page costs a page of index reads
         // whether the label is on 0.1% or half of the owner's tokens (filtering
@@ -182,63 +229,30 @@ impl Store {
             .flatten();
         if let Some(driver) = driver {
             let term = &terms[driver];
-            sql.push_str("(SELECT token_seq FROM token_labels WHERE 1 = 1");
-            if let Some(owner) = owner {
-                push(
-                    &mut sql,
-                    " AND account = ?",
-                    Param::Text(owner.account.clone()),
-                );
-                push(
-                    &mut sql,
-                    " AND subject = ?",
-                    Param::Text(owner.subject.clone()),
-                );
-            }
-            push(&mut sql, " AND key = ?", Param::Text(term.key.clone()));
-            if let Some(value) = &term.value {
-                push(&mut sql, " AND value = ?", Param::Text(value.clone()));
-            }
+            query.text("(SELECT token_seq FROM token_labels WHERE 1 = 1");
+            query.owner(owner);
+            query.label("", term);
             // CROSS JOIN: SQLite then keeps the label index as the outer loop
             // (its planner may otherwise scan the owner's tokens and sort).
-            sql.push_str(") AS l CROSS JOIN tokens");
+            query.text(") AS l CROSS JOIN tokens WHERE tokens.seq = l.token_seq");
         } else {
-            sql.push_str("tokens");
+            query.text("tokens WHERE 1 = 1");
         }
-        sql.push_str(if driver.is_some() {
-            " WHERE tokens.seq = l.token_seq"
-        } else {
-            " WHERE 1 = 1"
-        });
-        if let Some(owner) = owner {
-            push(
-                &mut sql,
-                " AND account = ?",
-                Param::Text(owner.account.clone()),
-            );
-            push(
-                &mut sql,
-                " AND subject = ?",
-                Param::Text(owner.subject.clone()),
-            );
-        }
+        query.owner(owner);
         match filter.state {
             None => {}
-            Some(TokenState::Revoked) => sql.push_str(" AND revoked_at IS NOT NULL"),
-            Some(TokenState::Active) => push(
-                &mut sql,
+            Some(TokenState::Revoked) => query.text(" AND revoked_at IS NOT NULL"),
+            Some(TokenState::Active) => query.push(
                 " AND revoked_at IS NULL AND suspended_at IS NULL \
                  AND (expires_at IS NULL OR expires_at > ?)",
                 Param::Int(now),
             ),
-            Some(TokenState::Suspended) => push(
-                &mut sql,
+            Some(TokenState::Suspended) => query.push(
                 " AND revoked_at IS NULL AND suspended_at IS NOT NULL \
                  AND (expires_at IS NULL OR expires_at > ?)",
                 Param::Int(now),
             ),
-            Some(TokenState::Expired) => push(
-                &mut sql,
+            Some(TokenState::Expired) => query.push(
                 " AND revoked_at IS NULL AND expires_at <= ?",
                 Param::Int(now),
             ),
@@ -253,10 +267,10 @@ impl Store {
             ),
         ] {
             if let Some(at) = after_time {
-                push(&mut sql, &format!(" AND {column} > ?"), Param::Int(at));
+                query.push(&format!(" AND {column} > ?"), Param::Int(at));
             }
             if let Some(at) = before_time {
-                push(&mut sql, &format!(" AND {column} < ?"), Param::Int(at));
+                query.push(&format!(" AND {column} < ?"), Param::Int(at));
             }
         }
         if let Some(needle) = &filter.name_contains {
@@ -265,8 +279,7 @@ impl Store {
                 .replace('\\', "\\\\")
                 .replace('%', "\\%")
                 .replace('_', "\\_");
-            push(
-                &mut sql,
+            query.push(
                 " AND lower(name) LIKE ? ESCAPE '\\'",
                 Param::Text(format!("%{escaped}%")),
             );
@@ -278,34 +291,17 @@ impl Store {
                 continue;
             }
             if driver.is_some() {
-                sql.push_str(
+                query.text(
                     " AND EXISTS (SELECT 1 FROM token_labels x WHERE x.token_seq = tokens.seq",
                 );
-                push(&mut sql, " AND x.key = ?", Param::Text(term.key.clone()));
-                if let Some(value) = &term.value {
-                    push(&mut sql, " AND x.value = ?", Param::Text(value.clone()));
-                }
-                sql.push(')');
+                query.label("x.", term);
+                query.text(")");
                 continue;
             }
-            sql.push_str(" AND seq IN (SELECT token_seq FROM token_labels WHERE 1 = 1");
-            if let Some(owner) = owner {
-                push(
-                    &mut sql,
-                    " AND account = ?",
-                    Param::Text(owner.account.clone()),
-                );
-                push(
-                    &mut sql,
-                    " AND subject = ?",
-                    Param::Text(owner.subject.clone()),
-                );
-            }
-            push(&mut sql, " AND key = ?", Param::Text(term.key.clone()));
-            if let Some(value) = &term.value {
-                push(&mut sql, " AND value = ?", Param::Text(value.clone()));
-            }
-            sql.push(')');
+            query.text(" AND seq IN (SELECT token_seq FROM token_labels WHERE 1 = 1");
+            query.owner(owner);
+            query.label("", term);
+            query.text(")");
         }
         let (key, descending) = order.key(&self.backend);
         // Sorted by the driving index's own column, so no sort is needed.
@@ -324,33 +320,24 @@ impl Store {
                 SortKey::Int(value) => Param::Int(*value),
                 SortKey::Text(value) => Param::Text(value.clone()),
             };
-            push(
-                &mut sql,
-                &format!(" AND ({key} {compare} ?"),
-                key_param.clone(),
-            );
-            push(&mut sql, &format!(" OR ({key} = ?"), key_param);
-            push(
-                &mut sql,
-                &format!(" AND {tie} {compare} ?))"),
-                Param::Int(after.seq),
-            );
+            query.push(&format!(" AND ({key} {compare} ?"), key_param.clone());
+            query.push(&format!(" OR ({key} = ?"), key_param);
+            query.push(&format!(" AND {tie} {compare} ?))"), Param::Int(after.seq));
         }
         // One row more than asked says whether another page follows.
-        push(
-            &mut sql,
+        query.push(
             &format!(" ORDER BY {key} {direction}, {tie} {direction} LIMIT ?"),
             Param::Int(i64::from(page_size) + 1),
         );
         let mut rows: Vec<TokenRow> = timed!(self, pool => {
-            let mut query = sqlx::query_as(&sql);
-            for param in &params {
-                query = match param {
-                    Param::Int(value) => query.bind(value),
-                    Param::Text(value) => query.bind(value),
+            let mut bound = sqlx::query_as(&query.sql);
+            for param in &query.params {
+                bound = match param {
+                    Param::Int(value) => bound.bind(value),
+                    Param::Text(value) => bound.bind(value),
                 };
             }
-            query.fetch_all(pool).await
+            bound.fetch_all(pool).await
         })?;
         let next = (rows.len() > page_size as usize).then(|| {
             rows.truncate(page_size as usize);

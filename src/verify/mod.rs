@@ -92,6 +92,15 @@ struct Inner {
     metrics: Arc<Metrics>,
 }
 
+impl Inner {
+    /// A change to the token with secret `hash` committed here: drop it from
+    /// this process's cache now, and let the follower tell the rest.
+    fn forget(&self, hash: &SecretHash) {
+        self.cache.invalidate(hash);
+        self.catch_up.notify_one();
+    }
+}
+
 impl Verifier {
     pub fn new(format: TokenFormat, store: Store, cache: CacheSettings) -> Verifier {
         // Introspect misses may use all storage connections but one, so that a
@@ -337,8 +346,7 @@ impl Verifier {
             };
             Ok(match inner.store.rotate(&rotation).await? {
                 Rotated::Done { record, old_hash } => {
-                    inner.cache.invalidate(&old_hash);
-                    inner.catch_up.notify_one();
+                    inner.forget(&old_hash);
                     Ok((*record, secret))
                 }
                 other => Err(other),
@@ -367,8 +375,7 @@ impl Verifier {
                 .revoke(&owner, &id, now, &actor, kind)
                 .await?;
             Ok(revoked.map(|(record, hash)| {
-                this.inner.cache.invalidate(&hash);
-                this.inner.catch_up.notify_one();
+                this.inner.forget(&hash);
                 record
             }))
         })
@@ -399,8 +406,7 @@ impl Verifier {
                 ..
             } = &done
             {
-                this.inner.cache.invalidate(hash);
-                this.inner.catch_up.notify_one();
+                this.inner.forget(hash);
             }
             Ok(done)
         })
@@ -431,8 +437,7 @@ impl Verifier {
                 ..
             } = &updated
             {
-                this.inner.cache.invalidate(hash);
-                this.inner.catch_up.notify_one();
+                this.inner.forget(hash);
             }
             Ok(updated)
         })
@@ -466,8 +471,7 @@ impl Verifier {
             let deleted = this.inner.store.delete(&owner, &id, &actor, now).await?;
             Ok(deleted
                 .map(|hash| {
-                    this.inner.cache.invalidate(&hash);
-                    this.inner.catch_up.notify_one();
+                    this.inner.forget(&hash);
                 })
                 .is_some())
         })
