@@ -18,6 +18,7 @@ use crate::serve::ServerSettings;
 use crate::serve::telemetry::LogFormat;
 use crate::serve::tls::{ClientAuth, TlsSettings};
 use crate::store::{DatabaseUrl, StoreOptions};
+use crate::webhooks::{DeliveryConfig, EndpointConfig, WebhookSettings};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// An SQLite file in the working directory, created on first start.
@@ -67,6 +68,12 @@ struct FileConfig {
     introspection_callers: Option<IntrospectionCallers>,
     #[serde(default)]
     policy: PolicyConfig,
+    #[serde(default)]
+    webhooks: Vec<EndpointConfig>,
+    #[serde(default)]
+    webhook_delivery: DeliveryConfig,
+    expiry_reminders: Option<Vec<String>>,
+    expiry_reminder_interval: Option<String>,
 }
 
 /// Values from flags or the environment; `None` falls through to the file.
@@ -405,6 +412,12 @@ impl Config {
         }
         server.callers = callers;
         server.policy = Policy::new(&file.policy)?;
+        server.webhooks = WebhookSettings::new(
+            std::mem::take(&mut file.webhooks),
+            &file.webhook_delivery,
+            file.expiry_reminders.as_deref(),
+            &file.expiry_reminder_interval,
+        )?;
         let proxies = overrides
             .trusted_proxies
             .as_ref()

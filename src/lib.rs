@@ -8,10 +8,12 @@
 //! 2. [`domain`]: what a token is and the rules it obeys. Pure.
 //! 3. [`metrics`]: counters and histograms, recorded by every layer above.
 //! 4. [`store`]: storage on SQLite or Postgres.
-//! 5. [`verify`]: the hot path: a presented secret checked through the cache.
-//! 6. [`api`]: the gRPC services over the verifier and the store.
-//! 7. [`serve`]: the process: listeners, TLS, overload, logs, the metrics endpoint.
-//! 8. [`config`]: settings from defaults, file, environment and flags.
+//! 5. [`webhooks`]: events delivered from the audit trail (the outbox), and
+//!    the expiry reminders.
+//! 6. [`verify`]: the hot path: a presented secret checked through the cache.
+//! 7. [`api`]: the gRPC services over the verifier and the store.
+//! 8. [`serve`]: the process: listeners, TLS, overload, logs, the metrics endpoint.
+//! 9. [`config`]: settings from defaults, file, environment and flags.
 //!
 //! The command line (`src/cli/`) is the binary's, not the library's.
 
@@ -22,6 +24,7 @@ pub mod metrics;
 pub mod serve;
 pub mod store;
 pub mod verify;
+pub mod webhooks;
 
 /// Code generated from `proto/pat/v1/pat.proto`.
 pub mod proto {

@@ -177,6 +177,7 @@ impl TokenApi {
             account: refusal.owner.map(|owner| owner.account),
             actor: Actor::new(refusal.principal.as_deref().unwrap_or("anonymous"), peer),
             detail,
+            token: String::new(),
         };
         if let Err(err) = self.verifier.store().record_event(&event).await {
             tracing::warn!(error = %err, "could not record a refused call");

@@ -9,6 +9,7 @@
 pub mod output;
 pub mod bench;
 pub mod client;
+pub mod webhooks;
 
 use std::error::Error;
 use std::io::IsTerminal;
@@ -91,6 +92,9 @@ enum Command {
     /// Load-test Introspect against Health/Check (seeds its own database,
     /// sqlite://patd-bench.db unless --database-url is given)
     Bench(BenchArgs),
+    /// Measure webhooks: the outbox's cost on CreateToken/RevokeToken, delivery
+    /// delay and throughput to a local receiver
+    BenchWebhooks(bench::webhooks::WebhookBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +186,9 @@ enum AdminCommand {
         #[arg(long)]
         name: String,
     },
+    /// Webhook endpoints' queues and dead letters (list, retry)
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
     #[command(flatten)]
     Tokens(AdminTokenCommand),
 }
@@ -294,6 +301,9 @@ pub async fn run(cli: Cli) -> CliResult {
         }
         Command::Health(args) => Ok(client::health(args).await?),
         Command::Client(command) => Ok(client::run(command).await?),
+        Command::BenchWebhooks(args) => {
+            bench::webhooks::run(args, cli.global.database_url.clone()).await
+        }
         Command::Bench(args) => {
             let url = cli.global.database_url.clone().map(DatabaseUrl::new);
             bench::run(args, url, config.token_format().clone()).await
@@ -308,9 +318,13 @@ pub async fn run(cli: Cli) -> CliResult {
             out!("{credential}");
             Ok(())
         }
-        Command::Admin(AdminCommand::Tokens(command)) => {
+        Command::Admin(command) => {
             let store = Store::connect(&config.store_options(), true).await?;
-            let result = admin_command(&config, &store, command).await;
+            let result = match command {
+                AdminCommand::Webhooks(command) => webhooks::run(&config, &store, command).await,
+                AdminCommand::Tokens(command) => admin_command(&config, &store, command).await,
+                AdminCommand::ServiceCredential { .. } => unreachable!("matched above"),
+            };
             store.close().await;
             result
         }

@@ -37,6 +37,12 @@ pub fn rfc3339(micros: i64) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
+/// RFC 3339 to the microsecond (event times, where order within a second matters).
+pub fn rfc3339_micros(micros: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64);
+    humantime::format_rfc3339_micros(time).to_string()
+}
+
 /// A duration from configuration (`key` names the setting in the message).
 pub fn parse_duration(key: &str, text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|err| {

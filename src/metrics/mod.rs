@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
+pub mod webhooks;
+
 /// Upper bounds of the latency buckets, in microseconds (100 µs to 10 s).
 const BUCKETS_MICROS: [u64; 14] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
@@ -263,6 +265,8 @@ pub struct Metrics {
     /// Changes (not heartbeats) sent to subscribers.
     watch_changes_sent: AtomicU64,
     watch_disconnects: [AtomicU64; WATCH_DISCONNECTS.len()],
+    /// Webhook deliveries, by endpoint.
+    pub webhooks: webhooks::WebhookMetrics,
 }
 
 impl Metrics {
@@ -441,6 +445,7 @@ impl Metrics {
                 "patd_token_cache_lookups_total{{result=\"{name}\"}} {count}"
             );
         }
+        self.webhooks.render(out);
     }
 }
 

@@ -14,12 +14,17 @@ use tokio::net::TcpListener;
 
 use crate::domain::clock;
 use crate::metrics::Metrics;
-use crate::store::{Store, TokenCounts};
+use crate::store::{EndpointStatus, Store, TokenCounts};
 
 /// Scrape connections served at once; more wait to be accepted.
 const MAX_SCRAPERS: usize = 16;
 /// Token counts by state are a full scan: taken at most this often.
 const TOKEN_COUNT_MAX_AGE: Duration = Duration::from_secs(15);
+/// Webhook queues are counted in storage: at most this often.
+const WEBHOOK_QUEUE_MAX_AGE: Duration = Duration::from_secs(2);
+
+/// One gauge of an endpoint's queue, from its status at `now`.
+type QueueGauge = fn(&EndpointStatus, i64) -> f64;
 
 /// What a scrape reads: the registry, the store, and the last count of tokens.
 struct Exposition {
@@ -27,6 +32,7 @@ struct Exposition {
     store: Store,
     /// Async: concurrent scrapes wait for one count instead of each scanning.
     token_counts: tokio::sync::Mutex<Option<(Instant, TokenCounts)>>,
+    webhook_queues: tokio::sync::Mutex<Option<(Instant, Vec<EndpointStatus>)>>,
 }
 
 impl Exposition {
@@ -46,6 +52,70 @@ impl Exposition {
             Err(err) => {
                 tracing::warn!(error = %err, "metrics: cannot count tokens");
                 None
+            }
+        }
+    }
+
+    /// Every webhook endpoint's queue (fleet-wide), from storage at most every
+    /// [`WEBHOOK_QUEUE_MAX_AGE`].
+    async fn webhook_queues(&self) -> Vec<EndpointStatus> {
+        let mut cached = self.webhook_queues.lock().await;
+        if let Some((taken, queues)) = &*cached
+            && taken.elapsed() < WEBHOOK_QUEUE_MAX_AGE
+        {
+            return queues.clone();
+        }
+        match self.store.endpoint_statuses().await {
+            Ok(queues) => {
+                *cached = Some((Instant::now(), queues.clone()));
+                queues
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "metrics: cannot read webhook queues");
+                Vec::new()
+            }
+        }
+    }
+
+    fn write_webhook_queues(out: &mut String, queues: &[EndpointStatus]) {
+        if queues.is_empty() {
+            return;
+        }
+        let now = clock::now_micros();
+        let gauges: [(&str, &str, QueueGauge); 4] = [
+            (
+                "patd_webhook_pending",
+                "Deliveries waiting, by endpoint (all replicas).",
+                |q, _| q.pending as f64,
+            ),
+            (
+                "patd_webhook_oldest_pending_age_seconds",
+                "Age of the oldest waiting event, by endpoint; 0 when none waits.",
+                |q, now| {
+                    q.oldest_pending_at
+                        .map_or(0.0, |at| (now - at).max(0) as f64 / 1e6)
+                },
+            ),
+            (
+                "patd_webhook_dead_letters",
+                "Deliveries out of retries, by endpoint (see patd admin webhooks).",
+                |q, _| q.dead as f64,
+            ),
+            (
+                "patd_webhook_endpoint_disabled",
+                "1 while an endpoint is disabled (its receiver answered 410 Gone).",
+                |q, _| f64::from(u8::from(q.disabled_at.is_some())),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for queue in queues {
+                let _ = writeln!(
+                    out,
+                    "{name}{{endpoint=\"{}\"}} {}",
+                    queue.name,
+                    value(queue, now)
+                );
             }
         }
     }
@@ -100,6 +170,7 @@ impl Exposition {
                 counts.suspended
             );
         }
+        Self::write_webhook_queues(&mut out, &self.webhook_queues().await);
         out
     }
 }
@@ -110,6 +181,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Store) {
         metrics,
         store,
         token_counts: tokio::sync::Mutex::default(),
+        webhook_queues: tokio::sync::Mutex::default(),
     });
     let scrapers = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
     loop {

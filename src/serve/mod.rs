@@ -38,6 +38,7 @@ use crate::serve::tls::TlsReloader;
 use crate::store::{Store, StoreError};
 use crate::verify::Verifier;
 use crate::verify::cache::CacheSettings;
+use crate::webhooks::{self, WebhookSettings};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 pub use crate::proto::FILE_DESCRIPTOR_SET;
@@ -82,6 +83,8 @@ pub struct ServerSettings {
     /// HTTP forward auth: peers whose `X-Forwarded-For`/`X-Real-IP` and
     /// `X-Patd-Required-Scopes` are believed (none by default).
     pub trusted_proxies: CidrList,
+    /// Webhook endpoints, their delivery, and the expiry reminders.
+    pub webhooks: WebhookSettings,
 }
 
 impl Default for ServerSettings {
@@ -103,6 +106,7 @@ impl Default for ServerSettings {
             callers: Callers::default(),
             policy: Policy::default(),
             trusted_proxies: CidrList::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -412,6 +416,10 @@ pub async fn run(
     let ready = storage_ready(&store, settings.migrate).await;
     if ready.is_ok() {
         store.set_reachable(true);
+        // New webhook endpoints start from here: before the first call is served.
+        if let Err(err) = webhooks::register(&store, &settings.webhooks).await {
+            tracing::warn!(error = %err, "webhook endpoints not registered yet; retrying");
+        }
     }
     // Background duties start once the first attempt has settled whether storage
     // answers (a lazily opened store is marked reachable only then).
@@ -431,6 +439,14 @@ pub async fn run(
         ready,
         settings.preload_cache.then(|| verifier.clone()),
         draining,
+    )));
+    // Webhooks and reminders: their own tasks, so a slow receiver never holds a call.
+    let lease_owner = webhooks::lease_owner();
+    let deliveries = AbortOnDrop(tokio::spawn(webhooks::run(
+        store.clone(),
+        settings.webhooks.clone(),
+        verifier.metrics().clone(),
+        lease_owner.clone(),
     )));
     tracing::info!(addr = %local_addr, scheme, backend = store.backend_name(), "listening");
 
@@ -502,13 +518,23 @@ pub async fn run(
     }
     // Stop the background tasks, but not in the middle of a last_used flush.
     let paused = verifier.pause_flushes().await;
-    drop((follower, notifications, writer, watch, metrics_server));
+    drop((
+        follower,
+        notifications,
+        writer,
+        watch,
+        metrics_server,
+        deliveries,
+    ));
     drop((acceptor, tls_watch, health_server, http_server));
     drop(paused);
     match verifier.flush_last_used().await {
         Ok(written) => tracing::info!(written, "last_used_at flushed"),
         Err(err) => tracing::warn!(error = %err, "last_used_at could not be flushed at shutdown"),
     }
+    // Another replica takes over this one's webhook endpoints at once.
+    let release = webhooks::release(&store, &settings.webhooks, &lease_owner);
+    let _ = tokio::time::timeout(Duration::from_secs(2), release).await;
     tracing::info!("server stopped");
     Ok(())
 }

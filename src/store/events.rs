@@ -1,5 +1,6 @@
 //! The audit trail: what happened to which token, by whom, from where.
 
+use crate::domain::clock;
 use crate::domain::model::{Actor, TokenRecord};
 
 use super::pages::Cursor;
@@ -26,10 +27,14 @@ pub enum EventKind {
     RevokedAll,
     /// Name, description or labels changed (UpdateToken); the detail names which.
     Updated,
+    /// The token expires within a reminder's lead time (the detail says which).
+    Expiring,
+    /// The token reached its expiry while active.
+    Expired,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Created,
         EventKind::Rotated,
         EventKind::Revoked,
@@ -41,6 +46,8 @@ impl EventKind {
         EventKind::Resumed,
         EventKind::RevokedAll,
         EventKind::Updated,
+        EventKind::Expiring,
+        EventKind::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +63,8 @@ impl EventKind {
             EventKind::Resumed => "resumed",
             EventKind::RevokedAll => "revoked_all",
             EventKind::Updated => "updated",
+            EventKind::Expiring => "expiring",
+            EventKind::Expired => "expired",
         }
     }
 }
@@ -71,6 +80,30 @@ pub struct Event {
     pub account: Option<String>,
     pub actor: Actor,
     pub detail: String,
+    /// The token as it was (JSON, see [`token_snapshot`]); empty when the event
+    /// is about no one token, or predates snapshots.
+    pub token: String,
+}
+
+/// What an event keeps of its token: everything a receiver may want to know
+/// about it, and nothing secret (no hash, no hint).
+pub fn token_snapshot(token: &TokenRecord) -> String {
+    let labels: serde_json::Map<String, serde_json::Value> = token
+        .labels
+        .iter()
+        .map(|(key, value)| (key.to_owned(), value.into()))
+        .collect();
+    serde_json::json!({
+        "name": token.name,
+        "description": token.description,
+        "scopes": token.scopes.to_names(),
+        "created_at": clock::rfc3339(token.created_at),
+        "expires_at": token.expires_at.map(clock::rfc3339),
+        "labels": labels,
+        "resources": token.resources.to_strings(),
+        "allowed_cidrs": token.allowed_cidrs.to_strings(),
+    })
+    .to_string()
 }
 
 impl Event {
@@ -91,13 +124,18 @@ impl Event {
             account: Some(token.owner.account.clone()),
             actor: actor.clone(),
             detail,
+            token: token_snapshot(token),
         }
     }
 }
 
+/// The columns of an [`EventRow`].
+pub(super) const EVENT_COLUMNS: &str =
+    "seq, at, kind, token_id, subject, account, actor, peer, detail, token";
+
 #[derive(sqlx::FromRow)]
-struct EventRow {
-    seq: i64,
+pub(super) struct EventRow {
+    pub(super) seq: i64,
     at: i64,
     kind: String,
     token_id: Option<String>,
@@ -106,10 +144,11 @@ struct EventRow {
     actor: String,
     peer: String,
     detail: String,
+    token: String,
 }
 
 impl EventRow {
-    fn into_event(self) -> Option<Event> {
+    pub(super) fn into_event(self) -> Option<Event> {
         let kind = EventKind::ALL
             .into_iter()
             .find(|kind| kind.as_str() == self.kind)?;
@@ -125,6 +164,7 @@ impl EventRow {
                 peer: self.peer,
             },
             detail: self.detail,
+            token: self.token,
         })
     }
 }
@@ -143,6 +183,7 @@ impl Store {
             Ok::<(), sqlx::Error>(())
         }
         .await)?;
+        self.events_written();
         Ok(())
     }
 
@@ -153,12 +194,12 @@ impl Store {
         cursor: Option<Cursor>,
         page_size: u32,
     ) -> StoreResult<EventPage> {
-        const COLUMNS: &str = "SELECT seq, at, kind, token_id, subject, account, actor, peer, detail FROM token_events ";
+        let columns = format!("SELECT {EVENT_COLUMNS} FROM token_events ");
         let before = cursor.map_or(i64::MAX, |cursor| cursor.0);
         let limit = i64::from(page_size) + 1;
         let mut rows: Vec<EventRow> = match account {
             Some(account) => timed!(self, pool => sqlx::query_as(&format!(
-                "{COLUMNS}WHERE seq < $1 AND account = $2 ORDER BY seq DESC LIMIT $3"
+                "{columns}WHERE seq < $1 AND account = $2 ORDER BY seq DESC LIMIT $3"
             ))
             .bind(before)
             .bind(account)
@@ -166,7 +207,7 @@ impl Store {
             .fetch_all(pool)
             .await),
             None => timed!(self, pool => sqlx::query_as(&format!(
-                "{COLUMNS}WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
+                "{columns}WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
             ))
             .bind(before)
             .bind(limit)

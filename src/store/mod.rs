@@ -20,8 +20,12 @@ use sqlx::{PgPool, SqlitePool};
 
 pub use changes::{Backlog, Change, ChangeKind, ChangeListener, ChangeMark, Heard};
 pub use error::{StoreError, StoreResult};
-pub use events::{Event, EventKind, EventPage};
+pub use events::{Event, EventKind, EventPage, token_snapshot};
+pub use outbox::{
+    Attempted, DeadLetter, EndpointStatus, FanoutMark, NewDelivery, PendingDelivery, Retried,
+};
 pub use pages::{After, Cursor, HashedPage, Page, SearchPage, SortKey, TokenFilter, TokenOrder};
+pub use reminders::EXPIRED_LOOKBACK_MICROS;
 pub use rotation::{MAX_RETIRED_SECRETS, Rotated, Rotation};
 pub use stats::{PoolStatus, StoreStats, TokenCounts};
 pub use suspension::Suspended;
@@ -112,6 +116,9 @@ pub struct Store {
     stats: Arc<StoreStats>,
     call_timeout: Duration,
     reachable: Arc<AtomicBool>,
+    /// Bumped after every committed audit event, so that webhook delivery wakes
+    /// at once for this process's own changes (it polls for other processes').
+    events_written: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// The columns of a [`TokenRow`], as a literal for `concat!`.
@@ -135,8 +142,8 @@ macro_rules! insert_event {
     ($executor:expr, $event:expr) => {{
         let event: &Event = $event;
         sqlx::query(
-            "INSERT INTO token_events (at, kind, token_id, subject, account, actor, peer, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO token_events (at, kind, token_id, subject, account, actor, peer, detail, token) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(event.at)
         .bind(event.kind.as_str())
@@ -146,6 +153,7 @@ macro_rules! insert_event {
         .bind(&event.actor.principal)
         .bind(&event.actor.peer)
         .bind(&event.detail)
+        .bind(&event.token)
         .execute($executor)
         .await?;
     }};
@@ -195,8 +203,10 @@ macro_rules! current_for_owner {
 mod changes;
 mod error;
 mod events;
+mod outbox;
 mod pages;
 mod postgres;
+mod reminders;
 mod rotation;
 mod sqlite;
 mod stats;
@@ -206,6 +216,18 @@ mod update;
 mod url;
 
 impl Store {
+    /// Wakes whoever waits on [`Store::subscribe_events`]: call after a commit
+    /// that wrote audit events.
+    fn events_written(&self) {
+        self.events_written
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// Changes each time this process commits audit events.
+    pub fn subscribe_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.events_written.subscribe()
+    }
+
     /// Connects to the backend the URL names (`sqlite:` or `postgres://`) and applies
     /// the embedded migrations unless `migrate` is false.
     pub async fn connect(options: &StoreOptions, migrate: bool) -> StoreResult<Store> {
@@ -235,6 +257,7 @@ impl Store {
             call_timeout: options.call_timeout,
             // A store opened lazily has not reached storage yet.
             reachable: Arc::new(AtomicBool::new(when == Connect::Now)),
+            events_written: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 

@@ -124,6 +124,7 @@ impl Store {
             let event = Event::about(EventKind::Rotated, &record, actor, *now, format!("grace {grace}s"));
             insert_event!(&mut *tx, &event);
             tx.commit().await?;
+            self.events_written();
             Ok(Rotated::Done {
                 record: Box::new(replaced.into()),
                 old_hash: current.secret_hash,

@@ -114,6 +114,7 @@ impl Store {
             let event = Event::about(kind, &record, actor, now, String::new());
             insert_event!(&mut *tx, &event);
             tx.commit().await?;
+            self.events_written();
             Ok(Suspended::Done {
                 record: Box::new(record),
                 hash: changed.secret_hash,
@@ -163,9 +164,11 @@ impl Store {
                 account: Some(owner.account.clone()),
                 actor: actor.clone(),
                 detail: format!("revoked {} tokens", rows.len()),
+                token: String::new(),
             };
             insert_event!(&mut *tx, &summary);
             tx.commit().await?;
+            self.events_written();
             Ok(rows)
         }
         .await)?;

@@ -11,7 +11,7 @@ use crate::domain::token::SecretHash;
 
 use super::events::{Event, EventKind};
 use super::stats::{StoreStats, TokenCounts};
-use super::{Backend, Store, StoreError, StoreResult};
+use super::{Backend, Store, StoreResult};
 
 #[derive(Clone, sqlx::FromRow)]
 pub(super) struct TokenRow {
@@ -235,6 +235,7 @@ impl Store {
                 }
             }
             tx.commit().await?;
+            self.events_written();
             Ok(true)
         }
         .await)?;
@@ -371,6 +372,7 @@ impl Store {
                 insert_event!(&mut *tx, &event);
             }
             tx.commit().await?;
+            self.events_written();
             Ok(row)
         }
         .await)?;
@@ -387,36 +389,32 @@ impl Store {
         actor: &Actor,
         now: i64,
     ) -> StoreResult<Option<SecretHash>> {
-        const SQL: &str = "DELETE FROM tokens WHERE id = $1 AND account = $2 AND subject = $3 RETURNING secret_hash";
+        const SQL: &str = concat!(
+            "DELETE FROM tokens WHERE id = $1 AND account = $2 AND subject = $3 RETURNING ",
+            columns!(),
+            ", secret_hash"
+        );
         StoreStats::count(&self.stats.writes);
-        let row: Option<(Vec<u8>,)> = timed!(self, pool => async {
+        let row: Option<HashedTokenRow> = timed!(self, pool => async {
             let mut tx = pool.begin().await?;
-            let row: Option<(Vec<u8>,)> = sqlx::query_as(SQL)
+            let row: Option<HashedTokenRow> = sqlx::query_as(SQL)
                 .bind(id)
                 .bind(&owner.account)
                 .bind(&owner.subject)
                 .fetch_optional(&mut *tx)
                 .await?;
-            if row.is_some() {
-                let event = Event {
-                    seq: 0,
-                    at: now,
-                    kind: EventKind::Deleted,
-                    token_id: Some(id.to_owned()),
-                    subject: Some(owner.subject.clone()),
-                    account: Some(owner.account.clone()),
-                    actor: actor.clone(),
-                    detail: String::new(),
-                };
+            if let Some(row) = &row {
+                // The event keeps what the token was: it is gone after this.
+                let record: TokenRecord = row.token.clone().into();
+                let event = Event::about(EventKind::Deleted, &record, actor, now, String::new());
                 insert_event!(&mut *tx, &event);
             }
             tx.commit().await?;
             Ok(row)
         }
         .await)?;
-        row.map(|(bytes,)| SecretHash::try_from(bytes))
-            .transpose()
-            .map_err(|err| StoreError::Failed(sqlx::Error::Decode(Box::new(err))))
+        self.events_written();
+        Ok(row.map(|row| row.secret_hash))
     }
 
     /// Writes `(seq, last used, client address)`; a stored later time is never

@@ -103,6 +103,7 @@ impl Store {
             let event = Event::about(EventKind::Updated, &record, actor, now, detail);
             insert_event!(&mut *tx, &event);
             tx.commit().await?;
+            self.events_written();
             Ok(Updated::Done {
                 renamed: changed.contains(&"name"),
                 record: Box::new(record),

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The library's layers, lowest first; each may use only those before it.
-const LAYERS: [&str; 8] = [
-    "proto", "domain", "metrics", "store", "verify", "api", "serve", "config",
+const LAYERS: [&str; 9] = [
+    "proto", "domain", "metrics", "store", "webhooks", "verify", "api", "serve", "config",
 ];
 
 /// Non-test lines a source file may have.

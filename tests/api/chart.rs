@@ -815,3 +815,73 @@ fn dockerfile_builds_a_non_root_image_of_this_binary() {
         "PATD_* in the image would override the chart's configuration file"
     );
 }
+
+#[test]
+fn webhooks_render_with_their_secret_mounted_not_inlined() {
+    let values = default_values();
+    let hooked = with(
+        &values,
+        "webhooks",
+        Some(json!([
+            { "name": "siem", "url": "https://siem.example/hook", "secretName": "patd-siem",
+              "events": ["token.revoked", "token.leak_reported"], "accounts": ["acme"], "timeout": "3s" },
+            { "name": "owners", "url": "http://notifier.example/patd", "secretName": "patd-owners" },
+        ])),
+    );
+    assert_eq!(schema_errors(&hooked), None);
+    let bad = with(
+        &values,
+        "webhooks",
+        Some(json!([{ "name": "x", "url": "ftp://x", "secretName": "s" }])),
+    );
+    assert!(schema_errors(&bad).is_some(), "only http(s) URLs");
+    let bad = with(
+        &values,
+        "webhooks",
+        Some(
+            json!([{ "name": "x", "url": "http://x", "secretName": "s", "events": ["token.nope"] }]),
+        ),
+    );
+    assert!(schema_errors(&bad).is_some(), "only known event types");
+    let rendered = render_config(&hooked);
+    // The secret is a file from the mounted Secret; here, one of the test's.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(
+        &secret,
+        "whsec_dGVzdC1zaWduaW5nLXNlY3JldC1vZi0zMi1ieXRlcyE=\n",
+    )
+    .unwrap();
+    for name in ["siem", "owners"] {
+        let mounted = format!("/etc/patd/webhooks/{name}/secret");
+        assert!(rendered.contains(&mounted), "{rendered}");
+    }
+    let local = rendered
+        .replace(
+            "/etc/patd/webhooks/siem/secret",
+            &secret.display().to_string(),
+        )
+        .replace(
+            "/etc/patd/webhooks/owners/secret",
+            &secret.display().to_string(),
+        );
+    let config = Config::from_file_text(&local).unwrap_or_else(|err| panic!("{err}\n{rendered}"));
+    let hooks = &config.server.webhooks;
+    assert_eq!(hooks.endpoints.len(), 2);
+    assert_eq!(
+        hooks.endpoints[0].events,
+        ["token.revoked", "token.leak_reported"]
+    );
+    assert_eq!(hooks.endpoints[0].accounts, ["acme"]);
+    assert_eq!(hooks.endpoints[0].timeout, Duration::from_secs(3));
+    assert_eq!(hooks.endpoints[1].events.len(), 11, "every type by default");
+    assert_eq!(
+        hooks.reminders.leads,
+        [Duration::from_secs(86_400), Duration::from_secs(7 * 86_400)]
+    );
+    let deployment = template("deployment.yaml");
+    assert!(
+        deployment.contains("secretName: {{ .secretName }}"),
+        "{deployment}"
+    );
+}

@@ -517,6 +517,28 @@ impl TestApp {
         self.store.close().await;
         result
     }
+
+    /// Stops the server as SIGTERM does and starts a new one with `settings` on
+    /// the same database (an SQLite file survives it).
+    pub async fn restart(mut self, settings: ServerSettings) -> TestApp {
+        let _ = self.shutdown.take().unwrap().send(());
+        let stopped = self.server.take().unwrap().await;
+        stopped
+            .expect("server task panicked")
+            .expect("server stops cleanly");
+        self.store.close().await;
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        let store = Self::connect_store(&self.database_url).await;
+        Self::spawn_on(
+            self.backend,
+            store,
+            self.database_url.clone(),
+            settings,
+            dir,
+            None,
+        )
+        .await
+    }
 }
 
 impl Drop for TestApp {

@@ -259,6 +259,7 @@ async fn values_storage_refuses_are_the_requests_fault(app: TestApp) {
         account: Some("acme".to_owned()),
         actor: patd::domain::model::Actor::operator(),
         detail: "nul\0inside".to_owned(),
+        token: String::new(),
     };
     match (app.backend, app.store.record_event(&event).await) {
         (crate::helpers::Backend::Postgres, Err(err)) => {

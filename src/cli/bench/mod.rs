@@ -10,6 +10,7 @@
 //! May use: the library (`store` to seed, `domain` for tokens, `proto` to
 //! encode) and `output`.
 mod load;
+pub mod webhooks;
 
 use load::*;
 
@@ -315,6 +316,14 @@ struct Server {
     startup: Duration,
     /// From start to a full cache, when the server preloads it.
     preloaded: Option<Duration>,
+}
+
+impl Drop for Server {
+    /// A benchmark that fails midway leaves no server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Starts `patd serve` on a free port and waits for SERVING, then for the cache
